@@ -1,0 +1,92 @@
+//! Wire types of the `inference-server` HTTP API.
+//!
+//! This crate exists so that clients (the operator, the benchmark tool) can speak to
+//! inference pods without compiling ONNX Runtime or tokenizers. It holds only serde
+//! types; the server and its clients agree on the JSON by sharing them.
+//!
+//! # Routes
+//! - `POST /v1/predict`: [`PredictRequest`] → [`PredictResponse`]
+//! - `GET /v1/model`: [`ModelInfo`]
+//! - `GET /health/live`, `GET /health/ready`, `GET /metrics`
+//!
+//! Every error answers with [`ErrorBody`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The body of `POST /v1/predict`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    pub texts: Vec<String>,
+    #[serde(default)]
+    pub options: PredictOptions,
+}
+
+/// Per-request options of `POST /v1/predict`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictOptions {
+    /// Cut texts longer than the model's maximum length (and flag them `truncated`).
+    /// When false, such a text is rejected with 422 instead.
+    #[serde(default = "default_true")]
+    pub truncate: bool,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        Self { truncate: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The answer of `POST /v1/predict`: one result per input text, in input order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictResponse {
+    pub results: Vec<PredictionResult>,
+}
+
+/// One text's prediction, in the feature brief's per-result schema plus
+/// `scores`, `tokens` and `truncated`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionResult {
+    pub label: String,
+    pub score: f32,
+    /// Wall time of the forward pass that computed this text, in milliseconds.
+    pub inference_time_ms: f64,
+    pub model_name: String,
+    /// Length of the input text in characters.
+    pub text_length: usize,
+    pub backend: String,
+    pub cached: bool,
+    /// Every label's score.
+    pub scores: BTreeMap<String, f32>,
+    /// Tokens fed to the model, special tokens included.
+    pub tokens: usize,
+    pub truncated: bool,
+}
+
+/// The answer of `GET /v1/model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub max_length: usize,
+    pub revision: Option<String>,
+    pub backend: String,
+}
+
+/// The one error shape of every route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code such as `validation_error` or `queue_full`.
+    pub error: String,
+    pub message: String,
+    /// The request field at fault, as a path such as `texts[3]`, when one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}

@@ -1,0 +1,244 @@
+//! Dynamic batching, TEI-style: every request's texts go into one queue owned by one
+//! task; it closes a batch when a token budget fills or the oldest text has waited
+//! long enough, and hands it to dedicated inference threads, one ONNX session each.
+//!
+//! Load is shed at the door: a semaphore holds one permit per queued text, and a
+//! request that cannot take all of its permits at once is refused with
+//! [`InferError::QueueFull`]. Shutdown needs no signal of its own: when the last
+//! [`Infer`] handle is dropped, the queue drains, the batch channel closes and the
+//! threads finish what they hold and exit.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::Span;
+
+use crate::batching::{PassLimits, is_full, pack};
+use crate::metrics::Metrics;
+use crate::model::tokenize::TextEncoder;
+use crate::model::{Encoded, Model, ModelError, Prediction};
+
+/// Batching and queueing policy.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatcherConfig {
+    /// Most texts in one forward pass.
+    #[arg(long, env = "INFERENCE_MAX_BATCH_TEXTS", default_value_t = 64)]
+    pub max_batch_texts: usize,
+    /// Most padded tokens (texts × longest) in one forward pass.
+    #[arg(long, env = "INFERENCE_MAX_BATCH_TOKENS", default_value_t = 4096)]
+    pub max_batch_tokens: usize,
+    /// Longest a text waits for companions before its batch closes, in milliseconds.
+    #[arg(long, env = "INFERENCE_MAX_WAIT_MS", default_value_t = 5)]
+    pub max_wait_ms: u64,
+    /// Most texts queued; past this, requests are refused with 429.
+    #[arg(long, env = "INFERENCE_MAX_QUEUED_TEXTS", default_value_t = 8192)]
+    pub max_queued_texts: usize,
+    /// Inference threads, each with its own ONNX session.
+    #[arg(long, env = "INFERENCE_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        Self { max_batch_texts: 64, max_batch_tokens: 4096, max_wait_ms: 5, max_queued_texts: 8192, workers: 1 }
+    }
+}
+
+impl BatcherConfig {
+    fn limits(&self) -> PassLimits {
+        PassLimits { max_texts: self.max_batch_texts.max(1), max_tokens: self.max_batch_tokens.max(1) }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InferError {
+    #[error("the queue is full")]
+    QueueFull,
+    #[error("text {index} has {tokens} tokens, over the model's maximum of {max}")]
+    TooLong { index: usize, tokens: usize, max: usize },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// One queued text.
+struct Entry {
+    encoded: Encoded,
+    reply: oneshot::Sender<Result<Prediction, ModelError>>,
+    enqueued: Instant,
+    span: Span,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The handle requests use; cheap to clone.
+#[derive(Clone)]
+pub struct Infer {
+    tx: mpsc::Sender<Entry>,
+    permits: Arc<Semaphore>,
+    encoder: Arc<TextEncoder>,
+    max_queued: usize,
+}
+
+/// The inference threads; [`Workers::join`] waits for them after the last [`Infer`] is gone.
+pub struct Workers {
+    threads: Vec<JoinHandle<()>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Workers {
+    /// True once every thread has its session and has run a warm-up pass.
+    pub fn ready(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Infer {
+    /// Creates one session per worker (warming each up) and starts the batcher task.
+    /// Must be called inside a Tokio runtime.
+    pub fn start(model: &Model, cfg: &BatcherConfig, metrics: Arc<Metrics>) -> Result<(Self, Workers), ModelError> {
+        let (tx, rx) = mpsc::channel(cfg.max_queued_texts.max(1));
+        let (batch_tx, batch_rx) = mpsc::channel::<Vec<Entry>>(1);
+        let batch_rx = Arc::new(Mutex::new(batch_rx));
+        let ready = Arc::new(AtomicBool::new(false));
+        let warm = Arc::new(std::sync::Barrier::new(cfg.workers.max(1) + 1));
+        let warmup = model.encoder.encode("warm up")?;
+        let mut threads = Vec::new();
+        for i in 0..cfg.workers.max(1) {
+            let mut classifier = model.classifier()?;
+            let (rx, metrics, warm, warmup) = (batch_rx.clone(), metrics.clone(), warm.clone(), warmup.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("inference-{i}"))
+                .spawn(move || {
+                    let _ = classifier.predict_encoded(&[&warmup]);
+                    warm.wait();
+                    loop {
+                        let batch = rx.lock().expect("no inference thread panics while holding the receiver. This is a bug.").blocking_recv();
+                        let Some(batch) = batch else { break };
+                        run_batch(&mut classifier, batch, &metrics);
+                    }
+                })
+                .map_err(|e| ModelError::Runtime(format!("spawning an inference thread: {e}")))?;
+            threads.push(thread);
+        }
+        let ready_flag = ready.clone();
+        std::thread::spawn(move || {
+            warm.wait();
+            ready_flag.store(true, Ordering::Release);
+        });
+        tokio::spawn(batcher(rx, batch_tx, cfg.limits(), Duration::from_millis(cfg.max_wait_ms), metrics));
+        let infer = Self {
+            tx,
+            permits: Arc::new(Semaphore::new(cfg.max_queued_texts.max(1))),
+            encoder: model.encoder.clone(),
+            max_queued: cfg.max_queued_texts.max(1),
+        };
+        Ok((infer, Workers { threads, ready }))
+    }
+
+    /// Predicts every text, in order. With `truncate` false, a text over the model's
+    /// maximum length is refused instead of cut.
+    pub async fn predict(&self, texts: Vec<String>, truncate: bool) -> Result<Vec<Prediction>, InferError> {
+        if texts.len() > self.max_queued {
+            return Err(InferError::QueueFull);
+        }
+        let mut permit = match self.permits.clone().try_acquire_many_owned(texts.len() as u32) {
+            Ok(p) => p,
+            Err(TryAcquireError::NoPermits) => return Err(InferError::QueueFull),
+            Err(TryAcquireError::Closed) => return Err(InferError::ShuttingDown),
+        };
+        let encoder = self.encoder.clone();
+        let encoded = tokio::task::spawn_blocking(move || encoder.encode_all(&texts))
+            .await
+            .map_err(|e| ModelError::Tokenizer(format!("tokenizer task failed: {e}")))??;
+        if !truncate && let Some((index, e)) = encoded.iter().enumerate().find(|(_, e)| e.truncated) {
+            return Err(InferError::TooLong { index, tokens: e.len(), max: self.encoder.max_length() });
+        }
+        let mut replies = Vec::with_capacity(encoded.len());
+        for encoded in encoded {
+            let (reply, rx) = oneshot::channel();
+            let _permit = permit.split(1).expect("one permit is held per text. This is a bug.");
+            let entry = Entry { encoded, reply, enqueued: Instant::now(), span: Span::current(), _permit };
+            self.tx.send(entry).await.map_err(|_| InferError::ShuttingDown)?;
+            replies.push(rx);
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            out.push(rx.await.map_err(|_| InferError::ShuttingDown)??);
+        }
+        Ok(out)
+    }
+}
+
+/// The batcher task: owns the queue, closes batches, hands them to the threads.
+async fn batcher(mut rx: mpsc::Receiver<Entry>, batch_tx: mpsc::Sender<Vec<Entry>>, limits: PassLimits, max_wait: Duration, metrics: Arc<Metrics>) {
+    let mut queue: VecDeque<Entry> = VecDeque::new();
+    let mut open = true;
+    while open || !queue.is_empty() {
+        queue.retain(|e| !e.reply.is_closed());
+        let lengths: Vec<usize> = queue.iter().take(limits.max_texts * 4).map(|e| e.encoded.len()).collect();
+        let deadline = queue.front().map(|e| e.enqueued + max_wait);
+        let ready = !queue.is_empty() && (!open || is_full(&lengths, limits) || deadline.is_some_and(|d| d <= Instant::now()));
+        tokio::select! {
+            biased;
+            slot = batch_tx.reserve(), if ready => {
+                let Ok(slot) = slot else { break };
+                let mut picked = pack(&lengths, limits);
+                let mut batch = Vec::with_capacity(picked.len());
+                while let Some(i) = picked.pop() {
+                    batch.push(queue.remove(i).expect("packed indices are within the queue. This is a bug."));
+                }
+                batch.reverse();
+                metrics.queue_depth.set(queue.len() as i64);
+                slot.send(batch);
+            }
+            entry = rx.recv(), if open => match entry {
+                Some(e) => {
+                    queue.push_back(e);
+                    metrics.queue_depth.set(queue.len() as i64);
+                }
+                None => open = false,
+            },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if !ready && deadline.is_some() => {}
+        }
+    }
+}
+
+/// One forward pass on an inference thread; every waiter gets its answer.
+fn run_batch(classifier: &mut crate::model::Classifier, batch: Vec<Entry>, metrics: &Metrics) {
+    let now = Instant::now();
+    for e in &batch {
+        metrics.queue_wait.observe((now - e.enqueued).as_secs_f64());
+    }
+    let _span = batch.first().map(|e| e.span.clone().entered());
+    let encoded: Vec<&Encoded> = batch.iter().map(|e| &e.encoded).collect();
+    let longest = encoded.iter().map(|e| e.len()).max().unwrap_or(0);
+    metrics.batch_size.observe(batch.len() as f64);
+    metrics.batch_tokens.observe((batch.len() * longest) as f64);
+    match classifier.predict_encoded(&encoded) {
+        Ok(predictions) => {
+            metrics.forward.observe(predictions.first().map_or(0.0, |p| p.inference_time.as_secs_f64()));
+            for (e, p) in batch.into_iter().zip(predictions) {
+                let _ = e.reply.send(Ok(p));
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, texts = batch.len(), "forward pass failed");
+            metrics.errors.with_label_values(&["forward"]).inc();
+            for e in batch {
+                let _ = e.reply.send(Err(err.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The model runtime on real ONNX files: the tiny generated models for every layout, and
+//! the real default model for its labels.
+
+mod common;
+
+use common::{builtin_dir, load, test_model_dir};
+use inference_server::batching::PassLimits;
+use inference_server::model::files::ModelFiles;
+use inference_server::model::head::LinearHead;
+use ndarray::Array2;
+
+#[test]
+fn bert_with_token_type_ids_gives_softmax_scores_in_order() {
+    let model = load(&test_model_dir("tiny-bert"));
+    assert_eq!(model.labels(), ["NEGATIVE", "POSITIVE"]);
+    let mut c = model.classifier().unwrap();
+    let texts = ["short", "a somewhat longer sentence with more tokens in it", "short"];
+    let out = c.predict(&texts, PassLimits::default()).unwrap();
+    assert_eq!(out.len(), 3);
+    for p in &out {
+        assert!((p.scores.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert_eq!(p.score, p.scores.iter().copied().fold(f32::MIN, f32::max));
+        assert!(model.labels().contains(&p.label));
+    }
+    assert_eq!(out[0].scores, out[2].scores, "the same text scores the same wherever it sits");
+    assert_eq!(out[0].tokens, 3); // [CLS] short [SEP]
+    assert_ne!(out[0].scores, out[1].scores);
+}
+
+#[test]
+fn padding_never_changes_a_texts_scores() {
+    let model = load(&test_model_dir("tiny-bert"));
+    let mut c = model.classifier().unwrap();
+    let alone = c.predict(&["fine"], PassLimits::default()).unwrap();
+    let padded = c.predict(&["fine", "a much longer text that forces padding of the first one"], PassLimits { max_texts: 64, max_tokens: 1 << 20 }).unwrap();
+    for (a, b) in alone[0].scores.iter().zip(&padded[0].scores) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn distilbert_without_token_types_uses_sigmoid_for_multi_label() {
+    let model = load(&test_model_dir("tiny-distilbert"));
+    assert_eq!(model.labels(), ["anger", "joy", "surprise"]);
+    let out = model.classifier().unwrap().predict(&["what a day", "oh no"], PassLimits::default()).unwrap();
+    for p in &out {
+        assert_eq!(p.scores.len(), 3);
+        assert!(p.scores.iter().all(|s| (0.0..=1.0).contains(s)));
+        assert!((p.scores.iter().sum::<f32>() - 1.0).abs() > 1e-3, "sigmoid scores do not sum to one: {:?}", p.scores);
+    }
+}
+
+#[test]
+fn over_long_texts_are_truncated_and_flagged() {
+    let model = load(&test_model_dir("tiny-bert"));
+    assert_eq!(model.max_length(), 32);
+    let long = "word ".repeat(100);
+    let out = model.classifier().unwrap().predict(&[long.as_str(), "short"], PassLimits::default()).unwrap();
+    assert!(out[0].truncated);
+    assert_eq!(out[0].tokens, 32);
+    assert!(!out[1].truncated);
+}
+
+#[test]
+fn encoder_with_a_safetensors_head_loads_and_uses_the_heads_labels() {
+    let src = test_model_dir("tiny-encoder");
+    let dir = std::env::temp_dir().join(format!("ks-encoder-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "model.onnx"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    assert!(ModelFiles::open(&dir).is_err(), "an encoder without a head has no labels");
+    let weight = Array2::from_shape_fn((2, 8), |(r, c)| if r == 0 { c as f32 } else { -(c as f32) });
+    LinearHead { labels: vec!["LOW".into(), "HIGH".into()], weight, bias: ndarray::arr1(&[0.0, 0.1]) }
+        .save(&dir.join("head.safetensors"))
+        .unwrap();
+    let model = load(&dir);
+    assert_eq!(model.labels(), ["LOW", "HIGH"]);
+    let out = model.classifier().unwrap().predict(&["hello there"], PassLimits::default()).unwrap();
+    assert!((out[0].scores.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_directory_without_a_model_says_what_is_missing() {
+    let dir = std::env::temp_dir().join(format!("ks-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = ModelFiles::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("config.json"), "{err}");
+    std::fs::write(dir.join("config.json"), r#"{"id2label":{"0":"A"}}"#).unwrap();
+    std::fs::copy(test_model_dir("tiny-bert").join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let err = ModelFiles::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("no .onnx file"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_default_model_reads_the_briefs_three_texts() {
+    let model = load(&builtin_dir());
+    assert_eq!(model.labels(), ["NEGATIVE", "NEUTRAL", "POSITIVE"]);
+    let texts = ["I love this product! It is amazing.", "This is terrible and disappointing.", "It is okay, nothing special."];
+    let out = model.classifier().unwrap().predict(&texts, PassLimits::default()).unwrap();
+    let labels: Vec<&str> = out.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(labels, ["POSITIVE", "NEGATIVE", "NEUTRAL"]);
+    assert!(out[0].score > 0.8 && out[1].score > 0.8, "{out:?}");
+}
