@@ -111,10 +111,10 @@ mod tests {
     fn pack_always_takes_the_oldest_and_prefers_its_length() {
         let cases: &[(&[usize], &[usize])] = &[
             (&[], &[]),
-            (&[100], &[0]),                       // too long for the budget: runs alone
+            (&[100], &[0]),                           // too long for the budget: runs alone
             (&[10, 30, 9, 11, 10, 2], &[0, 2, 4, 5]), // 10, 9, then 11 would pad to 4 × 11 > 40, so 2
             (&[2, 30, 3, 2, 2, 2], &[0, 3, 4, 5]),
-            (&[20, 20, 20], &[0, 1]),             // 3 × 20 > 40
+            (&[20, 20, 20], &[0, 1]), // 3 × 20 > 40
         ];
         for (lengths, want) in cases {
             let got = pack(lengths, L);

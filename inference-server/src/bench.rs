@@ -60,6 +60,7 @@ pub struct Report {
     pub model: String,
     pub intra_threads: usize,
     pub points: Vec<Point>,
+    pub served: Option<Served>,
     /// Served texts/s over bare texts/s on the same sentences.
     pub served_over_bare: Option<f64>,
 }
@@ -116,27 +117,44 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     points.push(Point { what: "bare-sentences".into(), batch: limits.max_texts, tokens: mean_tokens, texts_per_s: bare });
     drop(classifier);
 
-    let mut served_over_bare = None;
+    let mut served_stats = None;
     if args.concurrency > 0 {
-        let served = served(&model, &args, Arc::new(texts)).await?;
+        let s = served(&model, &args, Arc::new(texts)).await?;
         println!(
-            "served        {} clients × {} texts/request: {served:.1} texts/s = {:.3} of bare",
+            "served        {} clients × {} texts/request: {:.1} texts/s = {:.3} of bare ({:.1} texts, {:.0} padded tokens per pass)",
             args.concurrency,
             args.texts_per_request,
-            served / bare
+            s.texts_per_s,
+            s.texts_per_s / bare,
+            s.texts_per_pass,
+            s.padded_tokens_per_pass
         );
-        points.push(Point { what: "served".into(), batch: args.texts_per_request, tokens: mean_tokens, texts_per_s: served });
-        served_over_bare = Some(served / bare);
+        served_stats = Some(s);
     }
-    let report = Report { model: model.name.clone(), intra_threads: args.model.runtime.intra_threads, points, served_over_bare };
+    let served_over_bare = served_stats.as_ref().map(|s| s.texts_per_s / bare);
+    let report = Report {
+        model: model.name.clone(),
+        intra_threads: args.model.runtime.intra_threads,
+        points,
+        served: served_stats,
+        served_over_bare,
+    };
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(())
 }
 
+/// What the server did under load, read from its own `/metrics`.
+#[derive(Debug, Serialize)]
+pub struct Served {
+    pub texts_per_s: f64,
+    pub texts_per_pass: f64,
+    pub padded_tokens_per_pass: f64,
+}
+
 /// Texts/s through `POST /v1/predict` on a real server on port 0, `concurrency` clients.
-async fn served(model: &crate::model::Model, args: &BenchArgs, texts: Arc<Vec<String>>) -> Result<f64> {
+async fn served(model: &crate::model::Model, args: &BenchArgs, texts: Arc<Vec<String>>) -> Result<Served> {
     let (app, workers) = http::app(model, &args.batcher, RequestLimits::default(), Duration::from_secs(60))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1/predict", listener.local_addr()?);
@@ -175,8 +193,16 @@ async fn served(model: &crate::model::Model, args: &BenchArgs, texts: Arc<Vec<St
         c.await??;
     }
     let tps = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let metrics = client.get(url.replace("/v1/predict", "/metrics")).send().await?.text().await?;
+    let value = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+    let passes = value("inference_batch_size_count");
+    let stats = Served {
+        texts_per_s: tps,
+        texts_per_pass: value("inference_batch_size_sum") / passes,
+        padded_tokens_per_pass: value("inference_batch_tokens_sum") / passes,
+    };
     let _ = stop_tx.send(());
     server.await??;
     tokio::task::spawn_blocking(move || workers.join()).await?;
-    Ok(tps)
+    Ok(stats)
 }

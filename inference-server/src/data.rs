@@ -128,9 +128,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ks-data-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cases = [
-            ("a.json", r#"[{"text":"good","class":1},{"text":"bad","class":0},{"text":"","class":null}]"#, vec![("good", POSITIVE), ("bad", NEGATIVE)]),
-            ("b.txt", "1_1\t-1.9\tawful\r\n1_2\t0.2\tmeh\n1_3\t2.5\tgreat\n", vec![("awful", NEGATIVE), ("meh", NEUTRAL), ("great", POSITIVE)]),
-            ("c.jsonl", "{\"text\":\"x\",\"label\":\"positive\"}\n\n{\"text\":\"y\",\"label\":0}\n", vec![("x", POSITIVE), ("y", NEGATIVE)]),
+            (
+                "a.json",
+                r#"[{"text":"good","class":1},{"text":"bad","class":0},{"text":"","class":null}]"#,
+                vec![("good", POSITIVE), ("bad", NEGATIVE)],
+            ),
+            (
+                "b.txt",
+                "1_1\t-1.9\tawful\r\n1_2\t0.2\tmeh\n1_3\t2.5\tgreat\n",
+                vec![("awful", NEGATIVE), ("meh", NEUTRAL), ("great", POSITIVE)],
+            ),
+            (
+                "c.jsonl",
+                "{\"text\":\"x\",\"label\":\"positive\"}\n\n{\"text\":\"y\",\"label\":0}\n",
+                vec![("x", POSITIVE), ("y", NEGATIVE)],
+            ),
         ];
         for (name, body, want) in cases {
             let p = dir.join(name);

@@ -24,10 +24,9 @@ pub fn decisions(examples: &[Example], predictions: &[Prediction], model_labels:
     let binary = examples.iter().all(|e| e.label == POSITIVE || e.label == NEGATIVE);
     let index = |name: &str| model_labels.iter().position(|l| l.eq_ignore_ascii_case(name));
     match (binary, index(POSITIVE), index(NEGATIVE)) {
-        (true, Some(pos), Some(neg)) => predictions
-            .iter()
-            .map(|p| if p.scores[pos] >= p.scores[neg] { POSITIVE } else { NEGATIVE }.to_string())
-            .collect(),
+        (true, Some(pos), Some(neg)) => {
+            predictions.iter().map(|p| if p.scores[pos] >= p.scores[neg] { POSITIVE } else { NEGATIVE }.to_string()).collect()
+        }
         _ => predictions.iter().map(|p| p.label.to_uppercase()).collect(),
     }
 }

@@ -124,7 +124,8 @@ impl Infer {
                     let _ = classifier.predict_encoded(&[&warmup]);
                     warm.wait();
                     loop {
-                        let batch = rx.lock().expect("no inference thread panics while holding the receiver. This is a bug.").blocking_recv();
+                        let batch =
+                            rx.lock().expect("no inference thread panics while holding the receiver. This is a bug.").blocking_recv();
                         let Some(batch) = batch else { break };
                         run_batch(&mut classifier, batch, &metrics);
                     }
@@ -182,7 +183,13 @@ impl Infer {
 }
 
 /// The batcher task: owns the queue, closes batches, hands them to the threads.
-async fn batcher(mut rx: mpsc::Receiver<Entry>, batch_tx: mpsc::Sender<Vec<Entry>>, limits: PassLimits, max_wait: Duration, metrics: Arc<Metrics>) {
+async fn batcher(
+    mut rx: mpsc::Receiver<Entry>,
+    batch_tx: mpsc::Sender<Vec<Entry>>,
+    limits: PassLimits,
+    max_wait: Duration,
+    metrics: Arc<Metrics>,
+) {
     let mut queue: VecDeque<Entry> = VecDeque::new();
     let mut open = true;
     while open || !queue.is_empty() {

@@ -33,7 +33,8 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let hist = |name: &str, help: &str, buckets: &[f64]| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("metric options are static. This is a bug.");
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("metric options are static. This is a bug.");
             registry.register(Box::new(h.clone())).expect("metric names are unique. This is a bug.");
             h
         };
@@ -50,7 +51,8 @@ impl Metrics {
             batch_tokens: hist("inference_batch_tokens", "Padded tokens per forward pass", TOKEN_BUCKETS),
             in_flight: gauge("inference_requests_in_flight", "HTTP requests being served"),
             errors: IntCounterVec::new(Opts::new("inference_errors_total", "Failures by kind"), &["kind"]).expect("static. This is a bug."),
-            http_requests: IntCounterVec::new(Opts::new("http_requests_total", "HTTP requests"), &["method", "path", "status"]).expect("static. This is a bug."),
+            http_requests: IntCounterVec::new(Opts::new("http_requests_total", "HTTP requests"), &["method", "path", "status"])
+                .expect("static. This is a bug."),
             http_duration: HistogramVec::new(
                 HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(LATENCY_BUCKETS.to_vec()),
                 &["method", "path"],
@@ -67,7 +69,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).expect("text encoding of gathered metrics cannot fail. This is a bug.")
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .expect("text encoding of gathered metrics cannot fail. This is a bug.")
     }
 }
 

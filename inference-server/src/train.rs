@@ -56,10 +56,8 @@ pub fn fit(x: &Array2<f32>, y: &[usize], classes: usize, cfg: &FitConfig) -> (Ar
     assert_eq!(n, y.len(), "one label per row. This is a bug.");
     let mut counts = vec![0usize; classes];
     y.iter().for_each(|&c| counts[c] += 1);
-    let sample_weight: Vec<f32> = y
-        .iter()
-        .map(|&c| if cfg.balanced { n as f32 / (classes as f32 * counts[c].max(1) as f32) } else { 1.0 })
-        .collect();
+    let sample_weight: Vec<f32> =
+        y.iter().map(|&c| if cfg.balanced { n as f32 / (classes as f32 * counts[c].max(1) as f32) } else { 1.0 }).collect();
     let total_weight: f32 = sample_weight.iter().sum();
     let mut w = Array2::<f32>::zeros((classes, d));
     let mut b = Array1::<f32>::zeros(classes);

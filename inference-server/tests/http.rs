@@ -24,7 +24,8 @@ async fn predict_answers_every_text_in_order_with_the_briefs_fields() {
     assert_eq!(resp.status(), 200);
     let raw: serde_json::Value = resp.json().await.unwrap();
     let first = raw["results"][0].as_object().unwrap();
-    for field in ["label", "score", "inference_time_ms", "model_name", "text_length", "backend", "cached", "scores", "tokens", "truncated"] {
+    for field in ["label", "score", "inference_time_ms", "model_name", "text_length", "backend", "cached", "scores", "tokens", "truncated"]
+    {
         assert!(first.contains_key(field), "missing {field}");
     }
     let body: PredictResponse = serde_json::from_value(raw).unwrap();
@@ -105,7 +106,8 @@ async fn shutdown_finishes_requests_in_flight() {
     let url = format!("{}/v1/predict", server.url);
     let client = server.client.clone();
     // The batcher holds this text for a second; shutdown begins once it is queued.
-    let in_flight = tokio::spawn(async move { client.post(url).header("content-type", "application/json").body(r#"{"texts":["late"]}"#).send().await });
+    let in_flight =
+        tokio::spawn(async move { client.post(url).header("content-type", "application/json").body(r#"{"texts":["late"]}"#).send().await });
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while !server.get("/metrics").await.text().await.unwrap().contains("inference_queue_depth 1") {
         assert!(tokio::time::Instant::now() < deadline, "the request never reached the queue");

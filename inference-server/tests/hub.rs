@@ -17,7 +17,11 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// `GET /{org}/{name}/resolve/{revision}/{file}` with the headers the hub sends and
 /// `Range` support, serving one local model directory as repo `acme/tiny`.
-async fn resolve(State(root): State<Arc<PathBuf>>, Path((org, name, rev, file)): Path<(String, String, String, String)>, headers: HeaderMap) -> Response {
+async fn resolve(
+    State(root): State<Arc<PathBuf>>,
+    Path((org, name, rev, file)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let path = root.join(&file);
     if (org.as_str(), name.as_str(), rev.as_str()) != ("acme", "tiny", "main") || !path.is_file() {
         return (StatusCode::NOT_FOUND, "Entry not found").into_response();

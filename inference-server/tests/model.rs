@@ -32,7 +32,9 @@ fn padding_never_changes_a_texts_scores() {
     let model = load(&test_model_dir("tiny-bert"));
     let mut c = model.classifier().unwrap();
     let alone = c.predict(&["fine"], PassLimits::default()).unwrap();
-    let padded = c.predict(&["fine", "a much longer text that forces padding of the first one"], PassLimits { max_texts: 64, max_tokens: 1 << 20 }).unwrap();
+    let padded = c
+        .predict(&["fine", "a much longer text that forces padding of the first one"], PassLimits { max_texts: 64, max_tokens: 1 << 20 })
+        .unwrap();
     for (a, b) in alone[0].scores.iter().zip(&padded[0].scores) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }

@@ -39,7 +39,12 @@ pub struct AppState {
 /// Starts the batcher and inference threads for `model` and builds the router over them.
 /// Must be called inside a Tokio runtime. Once the router is dropped, `Workers::join`
 /// returns when the last batch is done.
-pub fn app(model: &Model, batcher: &BatcherConfig, limits: RequestLimits, request_timeout: Duration) -> Result<(Router, Workers), ModelError> {
+pub fn app(
+    model: &Model,
+    batcher: &BatcherConfig,
+    limits: RequestLimits,
+    request_timeout: Duration,
+) -> Result<(Router, Workers), ModelError> {
     let metrics = Arc::new(Metrics::new());
     let (infer, workers) = Infer::start(model, batcher, metrics.clone())?;
     let state = Arc::new(AppState { infer, info: model_info(model), limits, metrics, ready: workers.ready() });

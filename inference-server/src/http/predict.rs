@@ -53,7 +53,10 @@ pub fn validate(req: &PredictRequest, limits: &RequestLimits) -> Result<(), ApiE
         return Err(ApiError::validation("texts", "texts must hold at least one text"));
     }
     if req.texts.len() > limits.max_texts {
-        return Err(ApiError::too_large("texts", format!("{} texts exceed the maximum of {} per request", req.texts.len(), limits.max_texts)));
+        return Err(ApiError::too_large(
+            "texts",
+            format!("{} texts exceed the maximum of {} per request", req.texts.len(), limits.max_texts),
+        ));
     }
     for (i, text) in req.texts.iter().enumerate() {
         if text.trim().is_empty() {
@@ -61,7 +64,10 @@ pub fn validate(req: &PredictRequest, limits: &RequestLimits) -> Result<(), ApiE
         }
         let chars = text.chars().count();
         if chars > limits.max_text_length {
-            return Err(ApiError::too_large(format!("texts[{i}]"), format!("text has {chars} characters, over the maximum of {}", limits.max_text_length)));
+            return Err(ApiError::too_large(
+                format!("texts[{i}]"),
+                format!("text has {chars} characters, over the maximum of {}", limits.max_text_length),
+            ));
         }
     }
     Ok(())
@@ -69,7 +75,9 @@ pub fn validate(req: &PredictRequest, limits: &RequestLimits) -> Result<(), ApiE
 
 pub async fn predict(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Json<PredictResponse>, ApiError> {
     let body = body.map_err(|e| match e.status() {
-        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large("body", format!("body exceeds {} bytes", state.limits.max_body_bytes)),
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::too_large("body", format!("body exceeds {} bytes", state.limits.max_body_bytes))
+        }
         _ => ApiError::Malformed(e.body_text()),
     })?;
     let req = decode(&body)?;

@@ -41,7 +41,13 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn load(name: String, revision: Option<String>, files: ModelFiles, dylib: &std::path::Path, runtime: RuntimeConfig) -> Result<Self, ModelError> {
+    pub fn load(
+        name: String,
+        revision: Option<String>,
+        files: ModelFiles,
+        dylib: &std::path::Path,
+        runtime: RuntimeConfig,
+    ) -> Result<Self, ModelError> {
         let env = environment(dylib)?;
         let encoder = Arc::new(TextEncoder::from_file(&files.tokenizer, files.config.max_length)?);
         let head = files.head.as_deref().map(LinearHead::load).transpose()?.map(Arc::new);
@@ -121,19 +127,9 @@ impl Classifier {
             .zip(batch)
             .map(|(row, enc)| {
                 let scores = self.activation.apply(row.as_slice().expect("logits rows are contiguous. This is a bug."));
-                let (best, score) = scores
-                    .iter()
-                    .copied()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |a, (i, s)| if s > a.1 { (i, s) } else { a });
-                Prediction {
-                    label: self.labels[best].clone(),
-                    score,
-                    scores,
-                    tokens: enc.len(),
-                    truncated: enc.truncated,
-                    inference_time,
-                }
+                let (best, score) =
+                    scores.iter().copied().enumerate().fold((0, f32::NEG_INFINITY), |a, (i, s)| if s > a.1 { (i, s) } else { a });
+                Prediction { label: self.labels[best].clone(), score, scores, tokens: enc.len(), truncated: enc.truncated, inference_time }
             })
             .collect())
     }

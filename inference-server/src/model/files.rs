@@ -207,7 +207,11 @@ mod tests {
     fn max_length_is_the_smallest_declared_limit() {
         let dir = std::env::temp_dir().join(format!("ks-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("config.json"), r#"{"model_type":"roberta","max_position_embeddings":514,"id2label":{"0":"NEG","1":"POS"}}"#).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"model_type":"roberta","max_position_embeddings":514,"id2label":{"0":"NEG","1":"POS"}}"#,
+        )
+        .unwrap();
         assert_eq!(ModelConfig::load(&dir).unwrap().max_length, 512);
         std::fs::write(dir.join("sentence_bert_config.json"), r#"{"max_seq_length":256}"#).unwrap();
         std::fs::write(dir.join("tokenizer_config.json"), r#"{"model_max_length":1e30}"#).unwrap();

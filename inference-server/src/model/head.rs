@@ -55,9 +55,9 @@ impl LinearHead {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let id2label: BTreeMap<String, String> =
-            self.labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect();
-        let meta = HashMap::from([("id2label".to_string(), serde_json::to_string(&id2label).expect("a string map serialises. This is a bug."))]);
+        let id2label: BTreeMap<String, String> = self.labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect();
+        let meta =
+            HashMap::from([("id2label".to_string(), serde_json::to_string(&id2label).expect("a string map serialises. This is a bug."))]);
         let w: Vec<u8> = self.weight.iter().flat_map(|x| x.to_le_bytes()).collect();
         let b: Vec<u8> = self.bias.iter().flat_map(|x| x.to_le_bytes()).collect();
         let tensors = [

@@ -119,7 +119,12 @@ impl OrtBackend {
         Ok(mean_pool_normalised(hidden, &mask))
     }
 
-    fn inputs(&self, ids: Array2<i64>, mask: Array2<i64>, type_ids: Array2<i64>) -> Result<Vec<(Cow<'static, str>, SessionInputValue<'static>)>, ModelError> {
+    fn inputs(
+        &self,
+        ids: Array2<i64>,
+        mask: Array2<i64>,
+        type_ids: Array2<i64>,
+    ) -> Result<Vec<(Cow<'static, str>, SessionInputValue<'static>)>, ModelError> {
         let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = vec![("input_ids".into(), Tensor::from_array(ids)?.into())];
         if self.wants_mask {
             inputs.push(("attention_mask".into(), Tensor::from_array(mask)?.into()));

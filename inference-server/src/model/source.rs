@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::tokio::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 
+use super::files::{HEAD_FILE, ModelFiles};
 use super::onnx::RuntimeConfig;
 use super::{Model, ModelError};
-use super::files::{HEAD_FILE, ModelFiles};
 
 /// The offline default model, assembled by `scripts/setup.sh`.
 pub const BUILTIN_MINILM: &str = "minilm-sentiment";
@@ -63,11 +63,22 @@ impl ModelArgs {
     pub async fn load(&self) -> Result<Model, ModelError> {
         let reference = ModelRef::parse(&self.model)?;
         let (files, revision) = self.source.resolve(&reference).await?;
-        Model::load(self.model.clone(), revision, files, &self.ort_dylib(), self.runtime.clone())
+        Model::load(reference.name(), revision, files, &self.ort_dylib(), self.runtime.clone())
     }
 
     pub fn ort_dylib(&self) -> PathBuf {
         self.runtime.ort_dylib.clone().unwrap_or_else(|| self.source.default_ort_dylib())
+    }
+}
+
+impl ModelRef {
+    /// The `model_name` results carry: the built-in name, the hub id, or the directory's name.
+    pub fn name(&self) -> String {
+        match self {
+            ModelRef::Builtin(name) => name.to_string(),
+            ModelRef::Hub { repo, .. } => repo.clone(),
+            ModelRef::Dir(dir) => dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        }
     }
 }
 
@@ -144,7 +155,8 @@ impl SourceConfig {
                 .map_err(|e| ModelError::Download(e.to_string()))?;
             Fetcher::Online(api.repo(hub_repo))
         };
-        let where_ = if self.hf_offline { "in the hub cache (HF_HUB_OFFLINE is set)".to_string() } else { format!("at {}", self.hf_endpoint) };
+        let where_ =
+            if self.hf_offline { "in the hub cache (HF_HUB_OFFLINE is set)".to_string() } else { format!("at {}", self.hf_endpoint) };
         let missing = |file: &str| ModelError::NotFound(format!("{repo}@{revision} has no {file} {where_}"));
         let config = fetcher.fetch("config.json").await?.ok_or_else(|| missing("config.json"))?;
         fetcher.fetch("tokenizer.json").await?.ok_or_else(|| missing("tokenizer.json"))?;
@@ -194,7 +206,10 @@ mod tests {
             ("minilm-sentiment", Ok(ModelRef::Builtin(BUILTIN_MINILM))),
             ("/opt/models/x", Ok(ModelRef::Dir("/opt/models/x".into()))),
             ("./x", Ok(ModelRef::Dir("./x".into()))),
-            ("distilbert/distilbert-base-uncased-finetuned-sst-2-english", Ok(hub("distilbert/distilbert-base-uncased-finetuned-sst-2-english", "main"))),
+            (
+                "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
+                Ok(hub("distilbert/distilbert-base-uncased-finetuned-sst-2-english", "main")),
+            ),
             ("org/name@v1.0", Ok(hub("org/name", "v1.0"))),
             ("org/name@", Err(())),
             ("justaname", Err(())),

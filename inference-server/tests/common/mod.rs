@@ -32,8 +32,14 @@ pub fn builtin_dir() -> PathBuf {
 pub fn load(dir: &std::path::Path) -> Model {
     let files = ModelFiles::open(dir).expect("model files open");
     let dylib = assets().join("onnxruntime/libonnxruntime.so.1.32.0");
-    Model::load(dir.file_name().unwrap().to_string_lossy().into(), None, files, &dylib, RuntimeConfig { intra_threads: 1, ..Default::default() })
-        .expect("model loads")
+    Model::load(
+        dir.file_name().unwrap().to_string_lossy().into(),
+        None,
+        files,
+        &dylib,
+        RuntimeConfig { intra_threads: 1, ..Default::default() },
+    )
+    .expect("model loads")
 }
 
 /// A real server on 127.0.0.1:0.
@@ -64,13 +70,7 @@ impl TestServer {
     }
 
     pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-        self.client
-            .post(format!("{}{path}", self.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(format!("{}{path}", self.url)).header("content-type", "application/json").body(body).send().await.unwrap()
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

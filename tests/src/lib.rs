@@ -1,0 +1,158 @@
+//! Test harness: a real Kubernetes API server for integration tests, and a fresh
+//! namespace per test.
+//!
+//! [`cluster`] uses `KUBECONFIG` when it is set (as `scripts/test.sh` does, starting one
+//! control plane for the whole run); otherwise it builds and starts the local control
+//! plane of `e2e/` once per test process, which stops when the process exits.
+//!
+//! Without the Go toolchain the control plane cannot be built: [`cluster`] then returns
+//! `None` after printing one line, and the caller skips. With
+//! `KUBESENTIMENT_REQUIRE_CLUSTER=1` (set by CI) it panics instead, so CI never passes on
+//! skipped tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// A running API server and the kubectl built from the same release.
+#[derive(Debug)]
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository. This is a bug.").to_path_buf()
+}
+
+/// The shared cluster of this test process, or `None` (after saying why) when it cannot
+/// be had and is not required.
+pub fn cluster() -> Option<&'static Cluster> {
+    CLUSTER
+        .get_or_init(|| match start() {
+            Ok(c) => Some(c),
+            Err(e) if std::env::var("KUBESENTIMENT_REQUIRE_CLUSTER").is_ok_and(|v| v == "1") => {
+                panic!("a control plane is required (KUBESENTIMENT_REQUIRE_CLUSTER=1): {e:#}")
+            }
+            Err(e) => {
+                eprintln!("skipping: no Kubernetes control plane: {e:#}");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// The directory `e2e/build.sh` built the control plane into (building it if need be).
+pub fn controlplane_bin() -> Result<PathBuf> {
+    let out = Command::new("bash").arg(repo_root().join("e2e/build.sh")).stderr(Stdio::inherit()).output().context("running e2e/build.sh")?;
+    match out.status.code() {
+        Some(0) => Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim())),
+        Some(3) => bail!("the Go toolchain is missing, so the control plane cannot be built"),
+        _ => bail!("e2e/build.sh failed ({})", out.status),
+    }
+}
+
+fn start() -> Result<Cluster> {
+    if let Some(kubeconfig) = std::env::var_os("KUBECONFIG").map(PathBuf::from) {
+        let kubectl = match std::env::var_os("KUBECTL") {
+            Some(k) => PathBuf::from(k),
+            None => controlplane_bin()?.join("kubectl"),
+        };
+        return Ok(Cluster { kubeconfig, kubectl });
+    }
+    let bin = controlplane_bin()?;
+    let state = std::env::temp_dir().join(format!("kubesentiment-cp-{}", std::process::id()));
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("kubesentiment-cp-{}.log", std::process::id())))?;
+    let mut child = Command::new(bin.join("controlplane"))
+        .arg("--state")
+        .arg(&state)
+        .arg("--exit-with-parent")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("starting the control plane")?;
+    let stdout = child.stdout.take().expect("stdout is piped. This is a bug.");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    if !line.starts_with("ready") {
+        bail!("the control plane did not start (state in {}): {line}", state.display());
+    }
+    // The child outlives this handle: it exits when this process does (--exit-with-parent).
+    std::mem::forget(child);
+    Ok(Cluster { kubeconfig: state.join("kubeconfig"), kubectl: bin.join("kubectl") })
+}
+
+impl Cluster {
+    pub async fn client(&self) -> Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// A `kubectl` command pointed at this cluster.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(&self.kubectl);
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    /// A fresh namespace `prefix-<unique>` and a client for it.
+    pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
+        let client = self.client().await?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let name = format!("{prefix}-{}-{nanos:08x}", std::process::id());
+        let ns = Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        Ok(TestNamespace { name, client })
+    }
+}
+
+/// A namespace of one test.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNamespace {
+    /// A namespaced API for `K` in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub async fn delete(self) -> Result<()> {
+        Api::<Namespace>::all(self.client).delete(&self.name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+}
+
+/// Polls `check` until it yields `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
