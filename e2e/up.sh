@@ -22,8 +22,8 @@ if [ -f "$state/env" ] && [ -f "$state/controlplane.pid" ] && kill -0 "$(cat "$s
   exit 0
 fi
 bash "$e2e/down.sh" >/dev/null 2>&1 || true
+rm -rf "$state"
 mkdir -p "$state"
-rm -f "$state/stopping"
 
 bash "$repo/scripts/setup.sh"
 log "building"
@@ -33,7 +33,7 @@ bin=$(bash "$e2e/build.sh")
 kubectl=$bin/kubectl
 
 log "starting the control plane"
-setsid "$bin/controlplane" --state "$state/cluster" >"$state/controlplane.log" 2>&1 &
+setsid "$bin/controlplane" --state "$state/cluster" </dev/null >"$state/controlplane.log" 2>&1 &
 echo $! >"$state/controlplane.pid"
 for _ in $(seq 1 600); do
   grep -q '^ready' "$state/controlplane.log" 2>/dev/null && break
@@ -61,7 +61,7 @@ supervise() {
       echo $! >"$state/$name.pid"
       wait $! || true
       [ -f "$state/stopping" ] || { echo "supervisor: $name exited; restarting" >>"$state/$name.log"; sleep 1; }
-    done' supervise "$name" "$state" "$@" &
+    done' supervise "$name" "$state" "$@" </dev/null >/dev/null 2>&1 &
   echo $! >"$state/$name.supervisor.pid"
 }
 
@@ -91,13 +91,16 @@ metadata:
   labels:
     kubernetes.io/service-name: inference-server
     endpointslice.kubernetes.io/managed-by: e2e-up.kubesentiment.io
-addressType: IPv4
+# The API server refuses loopback IPs in EndpointSlices, so local processes are
+# registered by name under .localhost, which RFC 6761 reserves for loopback (clients
+# such as curl and hickory-dns resolve it to 127.0.0.1 without asking DNS).
+addressType: FQDN
 ports:
 - name: http
   port: $port
   protocol: TCP
 endpoints:
-- addresses: ["127.0.0.1"]
+- addresses: ["inference-$i.localhost"]
   conditions:
     ready: true
   targetRef:
