@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stops everything e2e/up.sh started and leaves no process behind.
 set -uo pipefail
-state=$(cd "$(dirname "$0")" && pwd)/.state
+state=${KUBESENTIMENT_STATE:-$(cd "$(dirname "$0")" && pwd)/.state}
 [ -d "$state" ] || exit 0
 touch "$state/stopping"
 # Supervisors first (so nothing is restarted), then their process groups.

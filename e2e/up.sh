@@ -5,13 +5,14 @@
 #   3. INFERENCE_REPLICAS inference-server processes on free ports, registered as the
 #      cluster would see them: Service kubesentiment-system/inference-server with one
 #      EndpointSlice per process;
-#   4. waits until everything is ready and writes e2e/.state/env.
+#   4. waits until everything is ready and writes e2e/.state/env
+#      (KUBESENTIMENT_STATE moves e2e/.state elsewhere, as the tests do).
 # Workload processes are supervised: a crashed one is restarted on the same port, and
 # e2e/.state/<name>.pid always holds its current pid. e2e/down.sh stops everything.
 set -euo pipefail
 e2e=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$e2e")
-state=$e2e/.state
+state=${KUBESENTIMENT_STATE:-$e2e/.state}
 replicas=${INFERENCE_REPLICAS:-1}
 namespace=kubesentiment-system
 
@@ -27,7 +28,7 @@ mkdir -p "$state"
 
 bash "$repo/scripts/setup.sh"
 log "building"
-(cd "$repo" && cargo build --release --locked -p inference-server >&2)
+(cd "$repo" && cargo build --release --locked >&2)
 target=${CARGO_TARGET_DIR:-$repo/target}
 bin=$(bash "$e2e/build.sh")
 kubectl=$bin/kubectl
@@ -126,4 +127,4 @@ done
   echo "export CONTROLPLANE_PID=$(cat "$state/controlplane.pid")"
   for i in $(seq 0 $((replicas - 1))); do echo "export INFERENCE_${i}_PID_FILE=$state/inference-$i.pid"; done
 } >"$state/env"
-log "up: source e2e/.state/env, then \$KUBECTL get endpointslices -n $namespace"
+log "source e2e/.state/env, then \$KUBECTL get endpointslices -n $namespace"

@@ -27,4 +27,5 @@ done
 grep -q '^ready' "$state.out" || { echo "test.sh: the control plane did not start" >&2; cat "$state.log" >&2; exit 1; }
 export KUBECONFIG=$state/kubeconfig KUBECTL=$bin/kubectl KUBESENTIMENT_REQUIRE_CLUSTER=1
 
-cargo test --workspace --locked
+# --release reuses the build above instead of compiling everything again for tests.
+cargo test --workspace --release --locked

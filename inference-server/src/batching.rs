@@ -14,7 +14,7 @@ pub struct PassLimits {
 
 impl Default for PassLimits {
     fn default() -> Self {
-        Self { max_texts: 64, max_tokens: 4096 }
+        Self { max_texts: 64, max_tokens: 1024 }
     }
 }
 

@@ -9,8 +9,8 @@
 //! threads finish what they hold and exit.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -29,8 +29,9 @@ pub struct BatcherConfig {
     /// Most texts in one forward pass.
     #[arg(long, env = "INFERENCE_MAX_BATCH_TEXTS", default_value_t = 64)]
     pub max_batch_texts: usize,
-    /// Most padded tokens (texts × longest) in one forward pass.
-    #[arg(long, env = "INFERENCE_MAX_BATCH_TOKENS", default_value_t = 4096)]
+    /// Most padded tokens (texts × longest) in one forward pass. Small passes keep
+    /// padding low when the queue mixes lengths (docs/BENCHMARKS.md).
+    #[arg(long, env = "INFERENCE_MAX_BATCH_TOKENS", default_value_t = 1024)]
     pub max_batch_tokens: usize,
     /// Longest a text waits for companions before its batch closes, in milliseconds.
     #[arg(long, env = "INFERENCE_MAX_WAIT_MS", default_value_t = 5)]
@@ -45,7 +46,7 @@ pub struct BatcherConfig {
 
 impl Default for BatcherConfig {
     fn default() -> Self {
-        Self { max_batch_texts: 64, max_batch_tokens: 4096, max_wait_ms: 5, max_queued_texts: 8192, workers: 1 }
+        Self { max_batch_texts: 64, max_batch_tokens: 1024, max_wait_ms: 5, max_queued_texts: 8192, workers: 1 }
     }
 }
 
@@ -109,24 +110,28 @@ impl Infer {
     /// Must be called inside a Tokio runtime.
     pub fn start(model: &Model, cfg: &BatcherConfig, metrics: Arc<Metrics>) -> Result<(Self, Workers), ModelError> {
         let (tx, rx) = mpsc::channel(cfg.max_queued_texts.max(1));
-        let (batch_tx, batch_rx) = mpsc::channel::<Vec<Entry>>(1);
-        let batch_rx = Arc::new(Mutex::new(batch_rx));
+        // Idle threads ask for work; a pass is packed only when a thread is free to run
+        // it, so it is formed from the fullest queue.
+        let (idle_tx, idle_rx) = mpsc::channel::<oneshot::Sender<Vec<Entry>>>(cfg.workers.max(1));
         let ready = Arc::new(AtomicBool::new(false));
         let warm = Arc::new(std::sync::Barrier::new(cfg.workers.max(1) + 1));
         let warmup = model.encoder.encode("warm up")?;
         let mut threads = Vec::new();
         for i in 0..cfg.workers.max(1) {
             let mut classifier = model.classifier()?;
-            let (rx, metrics, warm, warmup) = (batch_rx.clone(), metrics.clone(), warm.clone(), warmup.clone());
+            let (idle_tx, metrics, warm, warmup) = (idle_tx.clone(), metrics.clone(), warm.clone(), warmup.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("inference-{i}"))
                 .spawn(move || {
                     let _ = classifier.predict_encoded(&[&warmup]);
                     warm.wait();
                     loop {
-                        let batch =
-                            rx.lock().expect("no inference thread panics while holding the receiver. This is a bug.").blocking_recv();
-                        let Some(batch) = batch else { break };
+                        let (give, take) = oneshot::channel();
+                        // Either fails only once the batcher has drained and stopped.
+                        if idle_tx.blocking_send(give).is_err() {
+                            break;
+                        }
+                        let Ok(batch) = take.blocking_recv() else { break };
                         run_batch(&mut classifier, batch, &metrics);
                     }
                 })
@@ -138,7 +143,7 @@ impl Infer {
             warm.wait();
             ready_flag.store(true, Ordering::Release);
         });
-        tokio::spawn(batcher(rx, batch_tx, cfg.limits(), Duration::from_millis(cfg.max_wait_ms), metrics));
+        tokio::spawn(batcher(rx, idle_rx, cfg.limits(), Duration::from_millis(cfg.max_wait_ms), metrics));
         let infer = Self {
             tx,
             permits: Arc::new(Semaphore::new(cfg.max_queued_texts.max(1))),
@@ -182,34 +187,41 @@ impl Infer {
     }
 }
 
-/// The batcher task: owns the queue, closes batches, hands them to the threads.
+/// The batcher task: owns the queue and hands a pass to each thread that asks for one.
 async fn batcher(
     mut rx: mpsc::Receiver<Entry>,
-    batch_tx: mpsc::Sender<Vec<Entry>>,
+    mut idle_rx: mpsc::Receiver<oneshot::Sender<Vec<Entry>>>,
     limits: PassLimits,
     max_wait: Duration,
     metrics: Arc<Metrics>,
 ) {
     let mut queue: VecDeque<Entry> = VecDeque::new();
+    let mut idle: Vec<oneshot::Sender<Vec<Entry>>> = Vec::new();
     let mut open = true;
     while open || !queue.is_empty() {
         queue.retain(|e| !e.reply.is_closed());
         let lengths: Vec<usize> = queue.iter().take(limits.max_texts * 4).map(|e| e.encoded.len()).collect();
         let deadline = queue.front().map(|e| e.enqueued + max_wait);
         let ready = !queue.is_empty() && (!open || is_full(&lengths, limits) || deadline.is_some_and(|d| d <= Instant::now()));
-        tokio::select! {
-            biased;
-            slot = batch_tx.reserve(), if ready => {
-                let Ok(slot) = slot else { break };
-                let mut picked = pack(&lengths, limits);
-                let mut batch = Vec::with_capacity(picked.len());
-                while let Some(i) = picked.pop() {
-                    batch.push(queue.remove(i).expect("packed indices are within the queue. This is a bug."));
-                }
-                batch.reverse();
-                metrics.queue_depth.set(queue.len() as i64);
-                slot.send(batch);
+        if ready && let Some(worker) = idle.pop() {
+            let mut picked = pack(&lengths, limits);
+            let mut batch = Vec::with_capacity(picked.len());
+            while let Some(i) = picked.pop() {
+                batch.push(queue.remove(i).expect("packed indices are within the queue. This is a bug."));
             }
+            batch.reverse();
+            metrics.queue_depth.set(queue.len() as i64);
+            if let Err(batch) = worker.send(batch) {
+                // That thread is gone; its pass goes back to the front of the queue.
+                batch.into_iter().rev().for_each(|e| queue.push_front(e));
+            }
+            continue;
+        }
+        tokio::select! {
+            worker = idle_rx.recv() => match worker {
+                Some(w) => idle.push(w),
+                None => break, // every inference thread has exited
+            },
             entry = rx.recv(), if open => match entry {
                 Some(e) => {
                     queue.push_back(e);

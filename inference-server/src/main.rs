@@ -130,7 +130,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Train { encoder, data: files, split, out, fit, source, runtime } => {
             let files_ = ModelFiles::open_encoder(&encoder)?;
-            let dylib = runtime.ort_dylib.clone().unwrap_or_else(|| source.default_ort_dylib());
+            let dylib = source.ort_dylib(&runtime);
             let model = Model::load("encoder".into(), None, files_, &dylib, runtime)?;
             let labels = [NEGATIVE, NEUTRAL, POSITIVE];
             let mut examples = Vec::new();

@@ -39,7 +39,8 @@ fn eval_scores_labelled_jsonl() {
     let dir = std::env::temp_dir().join(format!("ks-eval-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let data = dir.join("d.jsonl");
-    std::fs::write(&data, "{\"text\":\"I love it, wonderful\",\"label\":\"POSITIVE\"}\n{\"text\":\"awful, I hate it\",\"label\":0}\n").unwrap();
+    std::fs::write(&data, "{\"text\":\"I love it, wonderful\",\"label\":\"POSITIVE\"}\n{\"text\":\"awful, I hate it\",\"label\":0}\n")
+        .unwrap();
     let json = dir.join("report.json");
     let out = bin().args(["eval", "--data"]).arg(&data).arg("--json").arg(&json).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -56,7 +57,7 @@ fn bench_reports_bare_and_served_rates() {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
     let out = bin()
-        .args(["bench", "--batch-sizes", "1,4", "--tokens", "8", "--seconds", "0.2", "--concurrency", "4", "--model"])
+        .args(["bench", "--batch-sizes", "1,4", "--tokens", "8", "--seconds", "0.2", "--rounds", "1", "--concurrency", "4", "--model"])
         .arg(test_model_dir("tiny-bert"))
         .arg("--json")
         .arg(&json)

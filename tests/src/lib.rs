@@ -54,7 +54,8 @@ pub fn cluster() -> Option<&'static Cluster> {
 
 /// The directory `e2e/build.sh` built the control plane into (building it if need be).
 pub fn controlplane_bin() -> Result<PathBuf> {
-    let out = Command::new("bash").arg(repo_root().join("e2e/build.sh")).stderr(Stdio::inherit()).output().context("running e2e/build.sh")?;
+    let out =
+        Command::new("bash").arg(repo_root().join("e2e/build.sh")).stderr(Stdio::inherit()).output().context("running e2e/build.sh")?;
     match out.status.code() {
         Some(0) => Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim())),
         Some(3) => bail!("the Go toolchain is missing, so the control plane cannot be built"),

@@ -67,7 +67,7 @@ impl ModelArgs {
     }
 
     pub fn ort_dylib(&self) -> PathBuf {
-        self.runtime.ort_dylib.clone().unwrap_or_else(|| self.source.default_ort_dylib())
+        self.source.ort_dylib(&self.runtime)
     }
 }
 
@@ -110,9 +110,10 @@ impl SourceConfig {
         self.assets_dir.clone().unwrap_or_else(|| home().join(".cache/kubesentiment"))
     }
 
-    /// The `libonnxruntime.so` that `scripts/setup.sh` installs.
-    pub fn default_ort_dylib(&self) -> PathBuf {
-        self.assets_dir().join("onnxruntime/libonnxruntime.so.1.32.0")
+    /// `--ort-dylib` / `ORT_DYLIB_PATH` when given, else the `libonnxruntime.so` that
+    /// `scripts/setup.sh` installs.
+    pub fn ort_dylib(&self, runtime: &RuntimeConfig) -> PathBuf {
+        runtime.ort_dylib.clone().unwrap_or_else(|| self.assets_dir().join("onnxruntime/libonnxruntime.so.1.32.0"))
     }
 
     fn hub_cache(&self) -> PathBuf {
