@@ -27,9 +27,15 @@ rm -rf "$state"
 mkdir -p "$state"
 
 bash "$repo/scripts/setup.sh"
-log "building"
-(cd "$repo" && cargo build --release --locked >&2)
 target=${CARGO_TARGET_DIR:-$repo/target}
+# KUBESENTIMENT_PREBUILT=1 (the stack test sets it) uses the binary already built,
+# instead of a build whose feature set would differ from the test build's.
+if [ "${KUBESENTIMENT_PREBUILT:-0}" = 1 ] && [ -x "$target/release/inference-server" ]; then
+  log "using the prebuilt $target/release/inference-server"
+else
+  log "building"
+  (cd "$repo" && cargo build --release --locked >&2)
+fi
 bin=$(bash "$e2e/build.sh")
 kubectl=$bin/kubectl
 

@@ -136,6 +136,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// No body, however mangled, panics or is answered outside 400/413/422.
+        #[test]
+        fn decoding_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            if let Err(e) = decode(&body).and_then(|r| validate(&r, &RequestLimits::default())) {
+                proptest::prop_assert!(matches!(e.status().0.as_u16(), 400 | 413 | 422));
+            }
+        }
+
+        /// Near-miss JSON (right shape, arbitrary strings and nesting) is decoded or named.
+        #[test]
+        fn near_miss_bodies_name_a_field(texts in proptest::collection::vec(".{0,20}", 0..5), truncate in proptest::option::of(proptest::bool::ANY)) {
+            let body = serde_json::json!({ "texts": texts, "options": { "truncate": truncate } }).to_string();
+            match decode(body.as_bytes()).and_then(|r| validate(&r, &RequestLimits::default())) {
+                Ok(req) => proptest::prop_assert!(req.texts.iter().all(|t| !t.trim().is_empty())),
+                Err(e) => proptest::prop_assert!(e.field().is_some(), "{e}"),
+            }
+        }
+    }
+
     #[test]
     fn a_good_body_passes() {
         let req = decode(br#"{"texts": ["fine", "caf\u00e9"], "options": {"truncate": false}}"#).unwrap();
