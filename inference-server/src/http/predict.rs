@@ -149,7 +149,7 @@ mod tests {
         #[test]
         fn near_miss_bodies_name_a_field(texts in proptest::collection::vec(".{0,20}", 0..5), truncate in proptest::option::of(proptest::bool::ANY)) {
             let body = serde_json::json!({ "texts": texts, "options": { "truncate": truncate } }).to_string();
-            match decode(body.as_bytes()).and_then(|r| validate(&r, &RequestLimits::default())) {
+            match decode(body.as_bytes()).and_then(|r| validate(&r, &RequestLimits::default()).map(|()| r)) {
                 Ok(req) => proptest::prop_assert!(req.texts.iter().all(|t| !t.trim().is_empty())),
                 Err(e) => proptest::prop_assert!(e.field().is_some(), "{e}"),
             }
