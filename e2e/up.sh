@@ -40,14 +40,7 @@ bin=$(bash "$e2e/build.sh")
 kubectl=$bin/kubectl
 
 log "starting the control plane"
-setsid "$bin/controlplane" --state "$state/cluster" </dev/null >"$state/controlplane.log" 2>&1 &
-echo $! >"$state/controlplane.pid"
-for _ in $(seq 1 600); do
-  grep -q '^ready' "$state/controlplane.log" 2>/dev/null && break
-  kill -0 "$(cat "$state/controlplane.pid")" 2>/dev/null || { cat "$state/controlplane.log" >&2; exit 1; }
-  sleep 0.2
-done
-grep -q '^ready' "$state/controlplane.log" || { log "the control plane did not start; see $state/controlplane.log"; exit 1; }
+bash "$e2e/start-controlplane.sh" "$state"
 export KUBECONFIG=$state/cluster/kubeconfig
 k() { "$kubectl" "$@"; }
 

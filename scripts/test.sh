@@ -16,16 +16,15 @@ cargo build --workspace --release --locked
 
 # One control plane for every test binary; the harness fails rather than skips.
 state=$(mktemp -d)
-"$bin/controlplane" --state "$state" >"$state.out" 2>"$state.log" &
-cp_pid=$!
-trap 'kill -TERM $cp_pid 2>/dev/null; wait $cp_pid 2>/dev/null; rm -rf "$state" "$state.out" "$state.log"' EXIT
-for _ in $(seq 1 600); do
-  grep -q '^ready' "$state.out" && break
-  kill -0 $cp_pid 2>/dev/null || { cat "$state.log" >&2; exit 1; }
-  sleep 0.1
-done
-grep -q '^ready' "$state.out" || { echo "test.sh: the control plane did not start" >&2; cat "$state.log" >&2; exit 1; }
-export KUBECONFIG=$state/kubeconfig KUBECTL=$bin/kubectl KUBESENTIMENT_REQUIRE_CLUSTER=1
+stop() {
+  local pid; pid=$(cat "$state/controlplane.pid" 2>/dev/null) || return 0
+  kill -TERM "$pid" 2>/dev/null
+  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -rf "$state"
+}
+trap stop EXIT
+bash e2e/start-controlplane.sh "$state"
+export KUBECONFIG=$state/cluster/kubeconfig KUBECTL=$bin/kubectl KUBESENTIMENT_REQUIRE_CLUSTER=1
 
 # --release reuses the build above instead of compiling everything again for tests.
 cargo test --workspace --release --locked
