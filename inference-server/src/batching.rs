@@ -68,9 +68,10 @@ pub fn pack(lengths: &[usize], limits: PassLimits) -> Vec<usize> {
     chosen
 }
 
-/// Whether the queue already holds a full pass, so waiting for more gains nothing.
-pub fn is_full(lengths: &[usize], limits: PassLimits) -> bool {
-    pack(lengths, limits).len() == limits.max_texts || lengths.iter().sum::<usize>() >= limits.max_tokens
+/// Whether `pass` (what [`pack`] picked from `lengths`) is already as full as a pass
+/// gets, so waiting for more texts gains nothing.
+pub fn is_full(pass: &[usize], lengths: &[usize], limits: PassLimits) -> bool {
+    pass.len() == limits.max_texts || lengths.iter().sum::<usize>() >= limits.max_tokens
 }
 
 #[cfg(test)]
@@ -126,8 +127,9 @@ mod tests {
 
     #[test]
     fn full_when_texts_or_tokens_run_out() {
-        assert!(!is_full(&[5, 5], L));
-        assert!(is_full(&[5, 5, 5, 5], L));
-        assert!(is_full(&[39, 1], L));
+        let full = |lengths: &[usize]| is_full(&pack(lengths, L), lengths, L);
+        assert!(!full(&[5, 5]));
+        assert!(full(&[5, 5, 5, 5]));
+        assert!(full(&[39, 1]));
     }
 }

@@ -202,9 +202,9 @@ async fn batcher(
         queue.retain(|e| !e.reply.is_closed());
         let lengths: Vec<usize> = queue.iter().take(limits.max_texts * 4).map(|e| e.encoded.len()).collect();
         let deadline = queue.front().map(|e| e.enqueued + max_wait);
-        let ready = !queue.is_empty() && (!open || is_full(&lengths, limits) || deadline.is_some_and(|d| d <= Instant::now()));
+        let mut picked = pack(&lengths, limits);
+        let ready = !queue.is_empty() && (!open || is_full(&picked, &lengths, limits) || deadline.is_some_and(|d| d <= Instant::now()));
         if ready && let Some(worker) = idle.pop() {
-            let mut picked = pack(&lengths, limits);
             let mut batch = Vec::with_capacity(picked.len());
             while let Some(i) = picked.pop() {
                 batch.push(queue.remove(i).expect("packed indices are within the queue. This is a bug."));

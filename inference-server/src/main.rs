@@ -14,7 +14,7 @@ use inference_server::infer::BatcherConfig;
 use inference_server::model::head::LinearHead;
 use inference_server::model::onnx::RuntimeConfig;
 use inference_server::model::source::{ModelArgs, SourceConfig};
-use inference_server::model::{Model, files::ModelFiles};
+use inference_server::model::{Model, argmax, files::ModelFiles};
 use inference_server::{bench, eval, train};
 
 #[derive(Parser)]
@@ -151,7 +151,7 @@ async fn run(command: Command) -> Result<()> {
             let predicted: Vec<String> = head
                 .logits(&x)
                 .outer_iter()
-                .map(|r| labels[r.iter().enumerate().fold(0, |a, (i, v)| if *v > r[a] { i } else { a })].to_string())
+                .map(|r| labels[argmax(r.as_slice().expect("logits rows are contiguous"))].to_string())
                 .collect();
             let gold: Vec<String> = examples.into_iter().map(|e| e.label).collect();
             print!("{}", eval::score("training set", &gold, &predicted, &labels));

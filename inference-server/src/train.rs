@@ -115,7 +115,7 @@ mod tests {
         let logits = x.dot(&w.t()) + &b;
         let mut correct = [0usize; 3];
         for (row, &label) in logits.outer_iter().zip(&y) {
-            let best = row.iter().enumerate().fold(0, |a, (i, v)| if *v > row[a] { i } else { a });
+            let best = crate::model::argmax(row.as_slice().unwrap());
             correct[label] += usize::from(best == label);
         }
         for c in 0..3 {

@@ -10,7 +10,7 @@ use super::files::{Activation, ModelFiles};
 use super::head::LinearHead;
 use super::onnx::{OrtBackend, RuntimeConfig, environment};
 use super::tokenize::TextEncoder;
-use super::{Backend, Encoded, ModelError};
+use super::{Backend, Encoded, ModelError, argmax};
 use crate::batching::{PassLimits, plan_passes};
 
 /// One text's prediction.
@@ -127,9 +127,15 @@ impl Classifier {
             .zip(batch)
             .map(|(row, enc)| {
                 let scores = self.activation.apply(row.as_slice().expect("logits rows are contiguous. This is a bug."));
-                let (best, score) =
-                    scores.iter().copied().enumerate().fold((0, f32::NEG_INFINITY), |a, (i, s)| if s > a.1 { (i, s) } else { a });
-                Prediction { label: self.labels[best].clone(), score, scores, tokens: enc.len(), truncated: enc.truncated, inference_time }
+                let best = argmax(&scores);
+                Prediction {
+                    label: self.labels[best].clone(),
+                    score: scores[best],
+                    scores,
+                    tokens: enc.len(),
+                    truncated: enc.truncated,
+                    inference_time,
+                }
             })
             .collect())
     }

@@ -51,6 +51,11 @@ impl<R> From<ort::Error<R>> for ModelError {
     }
 }
 
+/// Index of the largest score (the first, on ties).
+pub fn argmax(scores: &[f32]) -> usize {
+    scores.iter().enumerate().fold(0, |best, (i, s)| if *s > scores[best] { i } else { best })
+}
+
 /// One padded batch of encoded texts, as the model's inputs want it.
 pub trait Backend: Send {
     /// Label logits, one row per text, for texts of any lengths.
