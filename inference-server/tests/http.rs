@@ -9,7 +9,7 @@ use inference_server::infer::BatcherConfig;
 use serde_json::json;
 
 fn limits() -> RequestLimits {
-    RequestLimits { max_texts: 100, max_text_length: 500, max_body_bytes: 64 * 1024 }
+    RequestLimits { max_texts: 100, max_text_length: 500, max_body_bytes: 64 * 1024, fail_on: None }
 }
 
 async fn tiny_server(batcher: BatcherConfig) -> TestServer {

@@ -1,0 +1,382 @@
+//! The SentimentBatch controller: reconcile wrapped in a finalizer, status by server-side
+//! apply under one field manager, Events on transitions, and an `error_policy` that
+//! counts failures and backs off.
+//!
+//! Reconcile is idempotent and keeps no state of its own: what a batch has done is read
+//! from the results store, and what it is doing is asked of the [`Engine`]. A restarted
+//! operator therefore resumes every Running batch from its committed parts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AsyncBatch;
+use crate::crd::{FINALIZER, Failures, Phase, SentimentBatch, SentimentBatchStatus, Summary};
+use crate::engine::{Engine, JobStart, SAMPLES, Tally};
+use crate::metrics::Metrics;
+use crate::source;
+use crate::store::{self, MANAGER, ResultLine, Store, StoreError};
+
+/// How often a Running batch's status is refreshed: at most one write per second each.
+const STATUS_PERIOD: Duration = Duration::from_secs(1);
+/// How often a batch refused admission asks again.
+const QUEUED_RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("results store: {0}")]
+    Store(#[from] StoreError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Store(_) => "store",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// What reconciles share.
+pub struct Context {
+    pub client: Client,
+    pub engine: Engine,
+    pub cfg: AsyncBatch,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    /// Consecutive failures per batch, for error backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, engine: Engine, cfg: AsyncBatch, metrics: Metrics, instance: String) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: Some(instance) });
+        Context { client, engine, cfg, metrics, recorder, failures: Mutex::default() }
+    }
+}
+
+/// Runs the controller over `api` until `stop`. `notify` carries batches the engine wants
+/// looked at now (finished or failed) instead of at their next periodic reconcile.
+pub async fn run(ctx: Arc<Context>, api: Api<SentimentBatch>, notify: mpsc::Receiver<ObjectRef<SentimentBatch>>, stop: CancellationToken) {
+    let triggers = futures_util::stream::unfold(notify, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .reconcile_on(triggers)
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile(batch: Arc<SentimentBatch>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<SentimentBatch> = Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
+    let action = finalizer(&api, FINALIZER, batch, |event| async {
+        match event {
+            Finalizer::Apply(b) => apply(&b, &ctx).await,
+            Finalizer::Cleanup(b) => cleanup(&b, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    Ok(action)
+}
+
+fn error_policy(batch: Arc<SentimentBatch>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.with_label_values(&[error.reason()]).inc();
+    tracing::warn!(batch = %batch.name_any(), %error, "reconcile failed");
+    let mut failures = ctx.failures.lock().expect("the lock is never poisoned. This is a bug.");
+    let n = failures.entry(batch.uid().unwrap_or_default()).or_default();
+    *n = (*n + 1).min(8);
+    Action::requeue(Duration::from_millis(250 * 2u64.pow(*n)))
+}
+
+async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
+    let uid = batch.uid().unwrap_or_default();
+    ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
+    if batch.phase().is_final() {
+        ctx.engine.remove(&uid).await;
+        return Ok(Action::await_change());
+    }
+    let store = match Store::for_batch(&ctx.client, batch) {
+        Ok(s) => s,
+        Err(e) => return finalize_without_store(batch, ctx, Phase::Failed, "OutputInvalid", &e.to_string()).await,
+    };
+    if batch.spec.cancel {
+        return finalize(batch, ctx, &store, Phase::Cancelled, "Cancelled", "spec.cancel is set").await;
+    }
+    let now = Timestamp::now();
+    let created = batch.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let timeout = ctx.cfg.timeout(batch.spec.timeout_seconds);
+    let left = (created + jiff::SignedDuration::try_from(timeout).expect("timeouts are capped. This is a bug.")).duration_since(now);
+    if left.is_negative() || left.is_zero() {
+        let msg = format!("not finished within {} s", timeout.as_secs());
+        return finalize(batch, ctx, &store, Phase::Expired, "Timeout", &msg).await;
+    }
+    let left = Duration::try_from(left).expect("checked positive above. This is a bug.");
+    let every = STATUS_PERIOD.min(left + Duration::from_millis(10));
+
+    let progress = match ctx.engine.progress(&uid).await {
+        Some(p) => p,
+        None => return start(batch, ctx, store, Instant::now() + left, left).await,
+    };
+    if let Some(why) = progress.fatal {
+        return finalize(batch, ctx, &store, Phase::Failed, "ModelMismatch", &why).await;
+    }
+    if progress.done {
+        return finalize(batch, ctx, &store, Phase::Succeeded, "Succeeded", "every text has a result").await;
+    }
+    let old = batch.status.clone().unwrap_or_default();
+    let status = SentimentBatchStatus {
+        estimated_completion_seconds: progress.eta_seconds.or(old.estimated_completion_seconds),
+        ..counts(&old, progress.total, &progress.tally)
+    };
+    write_status(batch, ctx, running(batch, status, &store)).await?;
+    Ok(Action::requeue(every))
+}
+
+/// Admits, reads the source and the committed parts, and hands the batch to the engine.
+async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: Instant, left: Duration) -> Result<Action, Error> {
+    let uid = batch.uid().unwrap_or_default();
+    let namespace = batch.namespace().unwrap_or_default();
+    let old = batch.status.clone().unwrap_or_default();
+    if ctx.engine.admit(&uid, batch.spec.priority, deadline).await.is_err() {
+        let limit = ctx.cfg.limit(batch.spec.priority);
+        let msg = format!(
+            "{} priority admits {limit} batches at once (max_jobs {}); waiting for room",
+            batch.spec.priority.as_str(),
+            ctx.cfg.max_jobs
+        );
+        let status = SentimentBatchStatus {
+            phase: Some(Phase::Pending),
+            observed_generation: batch.metadata.generation,
+            conditions: vec![condition(&old.conditions, "Queued", true, "QueueFull", &msg, batch)],
+            ..old.clone()
+        };
+        if !has_condition(&old.conditions, "Queued", "True", "QueueFull") {
+            publish(ctx, batch, EventType::Normal, "QueueFull", &msg).await;
+        }
+        write_status(batch, ctx, status).await?;
+        return Ok(Action::requeue(QUEUED_RETRY.min(left)));
+    }
+    let items = match source::read(&ctx.client, &namespace, &batch.spec).await {
+        Ok(items) => items,
+        Err(e) => {
+            ctx.engine.remove(&uid).await;
+            return finalize(batch, ctx, &store, Phase::Failed, e.reason(), &e.to_string()).await;
+        }
+    };
+    let parts = store.read_parts().await?;
+    let committed = Tally::of(parts.iter().flat_map(|p| &p.lines));
+    let total = items.len();
+    let max_batch = batch.spec.max_batch_size.map_or(ctx.cfg.max_batch_size, |n| (n.max(1) as usize).min(ctx.cfg.max_batch_size));
+    let object = ObjectRef::from(batch);
+    let remaining = store::remaining(total, &parts);
+    tracing::info!(batch = %batch.name_any(), total, committed = committed.done(), "starting");
+    let status = counts(&old, total, &committed);
+    ctx.engine
+        .start_job(JobStart {
+            id: uid,
+            object,
+            items: Arc::new(items),
+            remaining,
+            committed,
+            store: store.clone(),
+            max_batch,
+            model: batch.spec.model.clone(),
+        })
+        .await;
+    let status =
+        running(batch, SentimentBatchStatus { started_at: old.started_at.clone().or(Some(Time(Timestamp::now()))), ..status }, &store);
+    if batch.phase() == Phase::Pending {
+        publish(ctx, batch, EventType::Normal, "Started", &format!("admitted; {total} texts")).await;
+    }
+    write_status(batch, ctx, status).await?;
+    Ok(Action::requeue(STATUS_PERIOD.min(left)))
+}
+
+/// The counts and summary of `tally` out of `total`, over `old`.
+fn counts(old: &SentimentBatchStatus, total: usize, tally: &Tally) -> SentimentBatchStatus {
+    let done = tally.done();
+    let pct = if total == 0 { 100.0 } else { (done as f64 * 1000.0 / total as f64).round() / 10.0 };
+    SentimentBatchStatus {
+        total_texts: total as i64,
+        processed_texts: done as i64,
+        failed_texts: tally.failed as i64,
+        progress_percentage: pct,
+        progress: Some(format!("{pct:.0}%")),
+        summary: Some(Summary {
+            successful_predictions: tally.ok as i64,
+            failed_predictions: tally.failed as i64,
+            success_rate: if done == 0 { 0.0 } else { tally.ok as f64 / done as f64 },
+            sentiment_distribution: tally.labels.clone(),
+            average_confidence: if tally.ok == 0 { 0.0 } else { tally.confidence_sum / tally.ok as f64 },
+        }),
+        failures: (tally.failed > 0).then(|| Failures { count: tally.failed as i64, samples: tally.samples.clone(), location: None }),
+        ..old.clone()
+    }
+}
+
+fn running(batch: &SentimentBatch, status: SentimentBatchStatus, store: &Store) -> SentimentBatchStatus {
+    let old = &status.conditions;
+    SentimentBatchStatus {
+        phase: Some(Phase::Running),
+        observed_generation: batch.metadata.generation,
+        results_location: Some(store.manifest_location()),
+        conditions: vec![
+            condition(old, "Queued", false, "Admitted", "admitted by the scheduler", batch),
+            condition(old, "Running", true, "Dispatching", "chunks are being sent to inference endpoints", batch),
+        ],
+        ..status
+    }
+}
+
+/// Ends a batch: stops its work, writes the failures list and manifest from what the
+/// store holds, and sets the final phase.
+async fn finalize(batch: &SentimentBatch, ctx: &Context, store: &Store, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
+    let uid = batch.uid().unwrap_or_default();
+    ctx.engine.remove(&uid).await;
+    let old = batch.status.clone().unwrap_or_default();
+    let total = old.total_texts.max(0) as usize;
+    let parts = store.read_parts().await?;
+    let mut failures: Vec<ResultLine> = parts.iter().flat_map(|p| &p.lines).filter(|l| l.error.is_some()).cloned().collect();
+    if phase == Phase::Expired {
+        // Unfinished items fail with the reason `timeout`; committed results stay.
+        let before = failures.len();
+        for range in store::remaining(total, &parts) {
+            failures.extend(range.map(|index| ResultLine { index, id: None, prediction: None, error: Some("timeout".into()) }));
+        }
+        ctx.metrics.item_failures.with_label_values(&["timeout"]).inc_by((failures.len() - before) as u64);
+        failures.sort_by_key(|l| l.index);
+    }
+    let location = store.finish(total, &parts, &failures).await?;
+    let mut tally = Tally::of(parts.iter().flat_map(|p| &p.lines).filter(|l| l.error.is_none()).chain(&failures));
+    tally.samples.truncate(SAMPLES);
+    let (phase, reason, msg) = if phase == Phase::Succeeded && tally.ok == 0 && tally.failed > 0 {
+        (Phase::Failed, "AllItemsFailed", format!("all {} texts failed; see {}", tally.failed, store.failures_at()))
+    } else {
+        (phase, reason, msg.to_string())
+    };
+    let mut status = counts(&old, total, &tally);
+    if let Some(f) = status.failures.as_mut() {
+        f.location = Some(store.failures_at());
+    }
+    status.results_location = Some(location);
+    end(batch, ctx, status, phase, reason, &msg).await
+}
+
+/// Ends a batch whose results store cannot even be named.
+async fn finalize_without_store(batch: &SentimentBatch, ctx: &Context, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
+    ctx.engine.remove(&batch.uid().unwrap_or_default()).await;
+    let status = batch.status.clone().unwrap_or_default();
+    end(batch, ctx, status, phase, reason, msg).await
+}
+
+async fn end(
+    batch: &SentimentBatch,
+    ctx: &Context,
+    status: SentimentBatchStatus,
+    phase: Phase,
+    reason: &str,
+    msg: &str,
+) -> Result<Action, Error> {
+    let old = &status.conditions;
+    let now = Timestamp::now();
+    let status = SentimentBatchStatus {
+        phase: Some(phase),
+        observed_generation: batch.metadata.generation,
+        completed_at: Some(Time(now)),
+        estimated_completion_seconds: Some(0),
+        conditions: [
+            Some(condition(old, "Queued", false, "Admitted", "admitted by the scheduler", batch)),
+            Some(condition(old, "Running", false, "Finished", "no work left", batch)),
+            Some(condition(old, "Complete", true, reason, msg, batch)),
+            (phase == Phase::Failed).then(|| condition(old, "Failed", true, reason, msg, batch)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        ..status
+    };
+    let priority = batch.spec.priority.as_str();
+    let label = match phase {
+        Phase::Succeeded => "completed",
+        Phase::Failed => "failed",
+        Phase::Cancelled => "cancelled",
+        _ => "expired",
+    };
+    ctx.metrics.jobs_total.with_label_values(&[priority, label]).inc();
+    if let Some(started) = &status.started_at {
+        ctx.metrics.processing_time.with_label_values(&[priority]).observe(now.duration_since(started.0).as_secs_f64().max(0.0));
+    }
+    let kind = if phase == Phase::Succeeded { EventType::Normal } else { EventType::Warning };
+    publish(ctx, batch, kind, &format!("{phase:?}"), &format!("{reason}: {msg}")).await;
+    write_status(batch, ctx, status).await?;
+    Ok(Action::await_change())
+}
+
+async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
+    ctx.engine.remove(&batch.uid().unwrap_or_default()).await;
+    if let Ok(store) = Store::for_batch(&ctx.client, batch) {
+        store.delete_unowned().await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// A condition that keeps its `lastTransitionTime` while its status stays the same.
+fn condition(old: &[Condition], type_: &str, status: bool, reason: &str, message: &str, batch: &SentimentBatch) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let since = old.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: batch.metadata.generation,
+        last_transition_time: since.unwrap_or(Time(Timestamp::now())),
+    }
+}
+
+fn has_condition(conditions: &[Condition], type_: &str, status: &str, reason: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == type_ && c.status == status && c.reason == reason)
+}
+
+/// Applies `status` unless it equals what is already there.
+async fn write_status(batch: &SentimentBatch, ctx: &Context, status: SentimentBatchStatus) -> Result<(), Error> {
+    if batch.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<SentimentBatch> = Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": SentimentBatch::api_version(&()),
+        "kind": SentimentBatch::kind(&()),
+        "status": status,
+    });
+    ctx.metrics.status_writes.inc();
+    api.patch_status(&batch.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, batch: &SentimentBatch, type_: EventType, reason: &str, note: &str) {
+    let ev = Event { type_, reason: reason.into(), note: Some(note.chars().take(1000).collect()), action: reason.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&ev, &batch.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing an event");
+    }
+}

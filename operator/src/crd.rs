@@ -1,0 +1,267 @@
+//! The `SentimentBatch` custom resource: the record of one batch job.
+//!
+//! Everything the API server can check is declared here, in the schema and CEL rules,
+//! so `kubectl apply` rejects a bad batch before the controller sees it. `crdgen` prints
+//! the CRD from these types; `crds/sentimentbatch.yaml` must equal its output.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Most texts an inline batch may carry; larger inputs belong in a ConfigMap or S3.
+pub const MAX_INLINE_TEXTS: usize = 1000;
+/// Longest text, in characters, an inline batch may carry.
+pub const MAX_TEXT_CHARS: usize = 10_000;
+/// The finalizer that lets the operator stop work and clean up non-owned outputs.
+pub const FINALIZER: &str = "kubesentiment.io/cleanup";
+
+/// One batch of texts to classify, from inline texts, a ConfigMap or an S3 object.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kubesentiment.io",
+    version = "v1alpha1",
+    kind = "SentimentBatch",
+    plural = "sentimentbatches",
+    shortname = "sb",
+    namespaced,
+    status = "SentimentBatchStatus",
+    printcolumn = r#"{"name":"Priority","type":"string","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress"}"#,
+    printcolumn = r#"{"name":"Texts","type":"integer","jsonPath":".status.totalTexts"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failedTexts"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new(IMMUTABLE_ONCE_STARTED).message("spec is immutable once the batch has started, except spec.cancel")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.texts) != has(self.source)").message("set exactly one of spec.texts and spec.source"))]
+pub struct SentimentBatchSpec {
+    /// The texts themselves, for small batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1000), inner(length(min = 1, max = 10000)))]
+    pub texts: Option<Vec<String>>,
+    /// Where to read the texts from, for large batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TextSource>,
+    #[serde(default)]
+    pub priority: Priority,
+    /// Seconds from creation until the batch expires. Defaults to, and is capped by, the
+    /// operator's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub timeout_seconds: Option<i32>,
+    /// Most texts sent to an inference server in one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_batch_size: Option<i32>,
+    /// The model the inference pool must serve; the batch fails if it serves another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub model: Option<String>,
+    /// Where results go: `s3://bucket/prefix` or `file:///path`. Unset: ConfigMaps owned
+    /// by the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('s3://') || self.startsWith('file:///')").message("output must start with s3:// or file:///"))]
+    pub output: Option<String>,
+    /// Set to stop the batch; results computed so far stay.
+    #[serde(default)]
+    pub cancel: bool,
+}
+
+/// The rule on the whole object: once a batch has a phase other than Pending, every spec
+/// field but `cancel` keeps its value.
+const IMMUTABLE_ONCE_STARTED: &str = "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase == 'Pending' || \
+     (has(self.spec.texts) == has(oldSelf.spec.texts) && (!has(self.spec.texts) || self.spec.texts == oldSelf.spec.texts) && \
+     has(self.spec.source) == has(oldSelf.spec.source) && (!has(self.spec.source) || self.spec.source == oldSelf.spec.source) && \
+     self.spec.priority == oldSelf.spec.priority && \
+     has(self.spec.timeoutSeconds) == has(oldSelf.spec.timeoutSeconds) && (!has(self.spec.timeoutSeconds) || self.spec.timeoutSeconds == oldSelf.spec.timeoutSeconds) && \
+     has(self.spec.maxBatchSize) == has(oldSelf.spec.maxBatchSize) && (!has(self.spec.maxBatchSize) || self.spec.maxBatchSize == oldSelf.spec.maxBatchSize) && \
+     has(self.spec.model) == has(oldSelf.spec.model) && (!has(self.spec.model) || self.spec.model == oldSelf.spec.model) && \
+     has(self.spec.output) == has(oldSelf.spec.output) && (!has(self.spec.output) || self.spec.output == oldSelf.spec.output))";
+
+/// Where a batch's texts live. Exactly one member is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configMapKeyRef) != has(self.s3)").message("set exactly one of source.configMapKeyRef and source.s3"))]
+pub struct TextSource {
+    /// A key of a ConfigMap in the batch's namespace holding a JSON array of strings,
+    /// JSONL with `text` and optional `id`, or one text per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeyRef>,
+    /// An S3 object in one of the same formats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Source>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConfigMapKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Source {
+    #[schemars(length(min = 1, max = 63))]
+    pub bucket: String,
+    #[schemars(length(min = 1, max = 1024))]
+    pub key: String,
+    /// The S3 endpoint URL; unset means AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub region: Option<String>,
+    /// A Secret in the batch's namespace with `accessKeyId` and `secretAccessKey`
+    /// (and optionally `sessionToken`). Unset: the operator's own credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Scheduling priority; higher levels are served first, with aging.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Medium,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Medium, Priority::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+        }
+    }
+
+    /// 0 for high, 2 for low: the order the scheduler serves levels in.
+    pub fn level(self) -> usize {
+        self as usize
+    }
+}
+
+/// A batch's lifecycle. Succeeded, Failed, Cancelled and Expired are final.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl Phase {
+    pub fn is_final(self) -> bool {
+        !matches!(self, Phase::Pending | Phase::Running)
+    }
+}
+
+/// What the operator observed of a batch. Written by server-side apply under one field
+/// manager; recomputed from the API and the results store, never a log.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SentimentBatchStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub total_texts: i64,
+    #[serde(default)]
+    pub processed_texts: i64,
+    #[serde(default)]
+    pub failed_texts: i64,
+    #[serde(default)]
+    pub progress_percentage: f64,
+    /// `processed/total` for humans and `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_completion_seconds: Option<i64>,
+    /// The results manifest once the batch is final; the results prefix while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Failures>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The brief's job summary.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub successful_predictions: i64,
+    pub failed_predictions: i64,
+    pub success_rate: f64,
+    pub sentiment_distribution: BTreeMap<String, i64>,
+    pub average_confidence: f64,
+}
+
+/// Failed items: how many, a few examples, and where the whole dead-letter list is.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Failures {
+    pub count: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<FailureSample>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FailureSample {
+    pub index: i64,
+    pub error: String,
+}
+
+impl SentimentBatch {
+    pub fn phase(&self) -> Phase {
+        self.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_wire_names_match_the_brief() {
+        for (p, s) in [(Priority::High, "high"), (Priority::Medium, "medium"), (Priority::Low, "low")] {
+            assert_eq!(serde_json::to_value(p).unwrap(), s);
+            assert_eq!(p.as_str(), s);
+        }
+        assert!(serde_json::from_value::<Priority>("urgent".into()).is_err());
+    }
+
+    #[test]
+    fn levels_order_high_first() {
+        assert!(Priority::High.level() < Priority::Medium.level() && Priority::Medium.level() < Priority::Low.level());
+    }
+}

@@ -1,0 +1,91 @@
+//! Every metric the operator exports, named and bucketed in one place. The brief's
+//! `async_batch_*` names come first; the rest are the operator's own.
+
+use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::config::AsyncBatch;
+use crate::crd::Priority;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub jobs_total: IntCounterVec,
+    pub jobs_active: IntGauge,
+    pub processing_time: HistogramVec,
+    pub throughput: Gauge,
+    pub queue_size: IntGaugeVec,
+    pub queued_texts: IntGaugeVec,
+    pub dispatch_seconds: Histogram,
+    pub chunk_texts: Histogram,
+    pub retries: IntCounter,
+    pub item_failures: IntCounterVec,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub in_flight: IntGaugeVec,
+    pub reconcile_errors: IntCounterVec,
+    pub status_writes: IntCounter,
+}
+
+impl Metrics {
+    pub fn new(cfg: &AsyncBatch) -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric options are valid. This is a bug.");
+                registry.register(Box::new(m.clone())).expect("metric names are unique. This is a bug.");
+                m
+            }};
+        }
+        let time_buckets = vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
+        let m = Metrics {
+            jobs_total: reg!(IntCounterVec::new(
+                Opts::new("async_batch_jobs_total", "Batches that reached a final phase"),
+                &["priority", "status"]
+            )),
+            jobs_active: reg!(IntGauge::new("async_batch_jobs_active", "Batches admitted and not yet final")),
+            processing_time: reg!(HistogramVec::new(
+                HistogramOpts::new("async_batch_processing_time_seconds", "Start to final phase, per batch").buckets(time_buckets),
+                &["priority"]
+            )),
+            throughput: reg!(Gauge::new("async_batch_throughput_tps", "Texts committed per second, over the last few seconds")),
+            queue_size: reg!(IntGaugeVec::new(Opts::new("async_batch_queue_size", "Admitted batches with work left"), &["priority"])),
+            queued_texts: reg!(IntGaugeVec::new(Opts::new("kubesentiment_queued_texts", "Texts waiting to be dispatched"), &["priority"])),
+            dispatch_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new("kubesentiment_chunk_dispatch_seconds", "One chunk's request to an inference endpoint")
+                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            )),
+            chunk_texts: reg!(Histogram::with_opts(
+                HistogramOpts::new("kubesentiment_chunk_texts", "Texts per dispatched chunk")
+                    .buckets(vec![1.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0])
+            )),
+            retries: reg!(IntCounter::new("kubesentiment_chunk_retries_total", "Chunks put back after a failed attempt")),
+            item_failures: reg!(IntCounterVec::new(
+                Opts::new("kubesentiment_item_failures_total", "Texts that failed, by reason"),
+                &["reason"]
+            )),
+            cache_hits: reg!(IntCounter::new("kubesentiment_cache_hits_total", "Texts answered from the result cache")),
+            cache_misses: reg!(IntCounter::new("kubesentiment_cache_misses_total", "Texts sent for inference")),
+            in_flight: reg!(IntGaugeVec::new(
+                Opts::new("kubesentiment_chunks_in_flight", "Chunks awaiting an answer, per endpoint"),
+                &["endpoint"]
+            )),
+            reconcile_errors: reg!(IntCounterVec::new(
+                Opts::new("kubesentiment_reconcile_errors_total", "Failed reconciles, by error"),
+                &["reason"]
+            )),
+            status_writes: reg!(IntCounter::new("kubesentiment_status_writes_total", "Status patches sent to the API server")),
+            registry,
+        };
+        for (p, name) in [(Priority::High, "high"), (Priority::Medium, "medium"), (Priority::Low, "low")] {
+            let g = IntGauge::new(format!("async_batch_priority_{name}_limit"), format!("Admission limit of {name}-priority batches"))
+                .expect("metric options are valid. This is a bug.");
+            g.set(cfg.limit(p) as i64);
+            m.registry.register(Box::new(g)).expect("metric names are unique. This is a bug.");
+        }
+        m
+    }
+
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}

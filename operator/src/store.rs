@@ -1,0 +1,340 @@
+//! Where a batch's results go, and how they are read back.
+//!
+//! A batch's results are *parts*: JSONL, one [`ResultLine`] per text of a contiguous
+//! range, in input order, keyed by the range's first index. A part is written whole and
+//! idempotently before its chunk counts as done, so the parts present are exactly the
+//! work committed, and a restarted operator resumes from them. When the batch is final a
+//! manifest lists the parts and a failures file (the dead-letter list) holds every failed
+//! item.
+//!
+//! Two backends: ConfigMaps owned by the batch (the default; garbage-collected with it,
+//! each well under 1 MiB), or any `object_store` URL (`s3://…`, `file:///…`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use inference_api::PredictionResult;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+
+use crate::crd::SentimentBatch;
+
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "kubesentiment-operator";
+/// Label on every result ConfigMap: the UID of its batch.
+pub const BATCH_UID_LABEL: &str = "kubesentiment.io/batch-uid";
+const KIND_LABEL: &str = "kubesentiment.io/results";
+const DATA_KEY: &str = "results.jsonl";
+
+/// One text's outcome: its prediction, or the error it failed with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultLine {
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<PredictionResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A committed range of results.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    pub start: usize,
+    pub lines: Vec<ResultLine>,
+}
+
+impl Part {
+    pub fn end(&self) -> usize {
+        self.start + self.lines.len()
+    }
+}
+
+/// The index of a final batch's results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub total_texts: usize,
+    pub parts: Vec<ManifestPart>,
+    /// The dead-letter list: every failed item, JSONL.
+    pub failures: String,
+    pub failed_texts: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ManifestPart {
+    pub location: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("object store: {0}")]
+    Object(#[from] object_store::Error),
+    #[error("bad output {url:?}: {why}")]
+    BadUrl { url: String, why: String },
+    #[error("corrupt result part {location}: {why}")]
+    Corrupt { location: String, why: String },
+}
+
+/// A batch's results store.
+#[derive(Clone)]
+pub enum Store {
+    ConfigMaps {
+        api: Api<ConfigMap>,
+        namespace: String,
+        base: String,
+        uid: String,
+        owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    },
+    /// `root` is the URL of the store's top (`s3://bucket`, `file://`).
+    Objects { store: Arc<dyn ObjectStore>, root: String, prefix: Path },
+}
+
+impl Store {
+    /// The store for `batch`, from its `spec.output`.
+    pub fn for_batch(client: &Client, batch: &SentimentBatch) -> Result<Self, StoreError> {
+        let namespace = batch.namespace().unwrap_or_default();
+        let uid = batch.uid().unwrap_or_default();
+        let name = batch.name_any();
+        match &batch.spec.output {
+            None => Ok(Store::ConfigMaps {
+                api: Api::namespaced(client.clone(), &namespace),
+                namespace,
+                // Leave room for "-part-0000000" within the 253-character name limit.
+                base: name.chars().take(200).collect(),
+                uid,
+                owner: batch.controller_owner_ref(&()).expect("a stored batch has a name and UID. This is a bug."),
+            }),
+            Some(output) => {
+                let bad = |why: String| StoreError::BadUrl { url: output.clone(), why };
+                let url = url::Url::parse(output).map_err(|e| bad(e.to_string()))?;
+                let store: Arc<dyn ObjectStore> = match url.scheme() {
+                    // Endpoint, region and credentials from the operator's AWS_* environment.
+                    "s3" => Arc::new(AmazonS3Builder::from_env().with_url(output).build().map_err(|e| bad(e.to_string()))?),
+                    "file" => Arc::new(LocalFileSystem::new()),
+                    other => return Err(bad(format!("unsupported scheme {other:?}; use s3:// or file:///"))),
+                };
+                let root = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+                let base = Path::parse(url.path()).map_err(|e| bad(e.to_string()))?;
+                // Namespace, name and UID keep two batches of the same name apart.
+                let prefix = Path::from_iter(base.parts().chain([namespace.as_str().into(), format!("{name}-{uid}").as_str().into()]));
+                Ok(Store::Objects { store, root, prefix })
+            }
+        }
+    }
+
+    fn cm_name(base: &str, suffix: &str) -> String {
+        format!("{base}-{suffix}")
+    }
+
+    fn object_url(root: &str, path: &Path) -> String {
+        format!("{root}/{path}")
+    }
+
+    /// Where the results are, for `status.resultsLocation`: the manifest.
+    pub fn manifest_location(&self) -> String {
+        match self {
+            Store::ConfigMaps { namespace, base, .. } => format!("configmap://{namespace}/{}", Self::cm_name(base, "results")),
+            Store::Objects { root, prefix, .. } => Self::object_url(root, &prefix.clone().join("manifest.json")),
+        }
+    }
+
+    fn failures_location(&self) -> String {
+        match self {
+            Store::ConfigMaps { namespace, base, .. } => format!("configmap://{namespace}/{}", Self::cm_name(base, "failures")),
+            Store::Objects { root, prefix, .. } => Self::object_url(root, &prefix.clone().join("failures.jsonl")),
+        }
+    }
+
+    fn part_location(&self, start: usize) -> String {
+        match self {
+            Store::ConfigMaps { namespace, base, .. } => {
+                format!("configmap://{namespace}/{}", Self::cm_name(base, &format!("part-{start:07}")))
+            }
+            Store::Objects { root, prefix, .. } => Self::object_url(root, &prefix.clone().join(format!("part-{start:07}.jsonl"))),
+        }
+    }
+
+    async fn put(&self, suffix: &str, file: &str, kind: &str, body: String) -> Result<(), StoreError> {
+        match self {
+            Store::ConfigMaps { api, base, uid, owner, .. } => {
+                let name = Self::cm_name(base, suffix);
+                let cm = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        labels: Some([(BATCH_UID_LABEL.to_string(), uid.clone()), (KIND_LABEL.to_string(), kind.to_string())].into()),
+                        owner_references: Some(vec![owner.clone()]),
+                        ..Default::default()
+                    },
+                    data: Some([(file.to_string(), body)].into()),
+                    ..Default::default()
+                };
+                let mut value = serde_json::to_value(&cm).expect("a ConfigMap serializes. This is a bug.");
+                value["apiVersion"] = "v1".into();
+                value["kind"] = "ConfigMap".into();
+                api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value)).await?;
+            }
+            Store::Objects { store, prefix, .. } => {
+                store.put(&prefix.clone().join(file), body.into()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one part, replacing any earlier write of the same range.
+    pub async fn write_part(&self, part: &Part) -> Result<(), StoreError> {
+        let (suffix, file) = (format!("part-{:07}", part.start), format!("part-{:07}.jsonl", part.start));
+        let file = if matches!(self, Store::ConfigMaps { .. }) { DATA_KEY.to_string() } else { file };
+        self.put(&suffix, &file, "part", to_jsonl(&part.lines)).await
+    }
+
+    /// Every part committed so far, ordered by start.
+    pub async fn read_parts(&self) -> Result<Vec<Part>, StoreError> {
+        let mut parts = Vec::new();
+        match self {
+            Store::ConfigMaps { api, uid, .. } => {
+                let lp = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{KIND_LABEL}=part"));
+                for cm in api.list(&lp).await?.items {
+                    let location = cm.name_any();
+                    let body = cm.data.and_then(|mut d| d.remove(DATA_KEY)).unwrap_or_default();
+                    parts.push(parse_part(&location, &body)?);
+                }
+            }
+            Store::Objects { store, prefix, .. } => {
+                let metas: Vec<_> = store.list(Some(prefix)).try_collect().await?;
+                for meta in metas.into_iter().filter(|m| m.location.filename().is_some_and(|f| f.starts_with("part-"))) {
+                    let body = store.get(&meta.location).await?.bytes().await?;
+                    parts.push(parse_part(meta.location.as_ref(), &String::from_utf8_lossy(&body))?);
+                }
+            }
+        }
+        parts.sort_by_key(|p| p.start);
+        Ok(parts)
+    }
+
+    /// Writes the failures list and then the manifest; returns the manifest's location.
+    pub async fn finish(&self, total: usize, parts: &[Part], failures: &[ResultLine]) -> Result<String, StoreError> {
+        self.put(
+            "failures",
+            if matches!(self, Store::ConfigMaps { .. }) { DATA_KEY } else { "failures.jsonl" },
+            "failures",
+            to_jsonl(failures),
+        )
+        .await?;
+        let manifest = Manifest {
+            total_texts: total,
+            parts: parts.iter().map(|p| ManifestPart { location: self.part_location(p.start), start: p.start, end: p.end() }).collect(),
+            failures: self.failures_location(),
+            failed_texts: failures.len(),
+        };
+        let body = serde_json::to_string_pretty(&manifest).expect("a manifest serializes. This is a bug.");
+        self.put("results", "manifest.json", "manifest", body).await?;
+        Ok(self.manifest_location())
+    }
+
+    pub fn failures_at(&self) -> String {
+        self.failures_location()
+    }
+
+    /// Removes what the batch does not own: objects outside the cluster. ConfigMaps are
+    /// garbage-collected through their owner reference instead.
+    pub async fn delete_unowned(&self) -> Result<(), StoreError> {
+        if let Store::Objects { store, prefix, .. } = self {
+            let metas: Vec<_> = store.list(Some(prefix)).try_collect().await?;
+            for meta in metas {
+                store.delete(&meta.location).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every result ConfigMap of the batch (used when results must be recomputed).
+    pub async fn delete_configmaps(&self) -> Result<(), StoreError> {
+        if let Store::ConfigMaps { api, uid, .. } = self {
+            api.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid}"))).await?;
+        }
+        Ok(())
+    }
+}
+
+fn to_jsonl(lines: &[ResultLine]) -> String {
+    let mut out = String::new();
+    for l in lines {
+        out.push_str(&serde_json::to_string(l).expect("a result line serializes. This is a bug."));
+        out.push('\n');
+    }
+    out
+}
+
+fn parse_part(location: &str, body: &str) -> Result<Part, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt { location: location.to_string(), why };
+    let lines = body
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str::<ResultLine>(l).map_err(|e| corrupt(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = lines.first().ok_or_else(|| corrupt("empty".into()))?.index;
+    if lines.iter().enumerate().any(|(i, l)| l.index != start + i) {
+        return Err(corrupt("indices are not contiguous".into()));
+    }
+    Ok(Part { start, lines })
+}
+
+/// The ranges of `0..total` no part covers: the work left.
+pub fn remaining(total: usize, parts: &[Part]) -> Vec<std::ops::Range<usize>> {
+    let covered: BTreeMap<usize, usize> = parts.iter().map(|p| (p.start, p.end())).collect();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (start, end) in covered {
+        if start > at {
+            out.push(at..start.min(total));
+        }
+        at = at.max(end);
+    }
+    if at < total {
+        out.push(at..total);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(start: usize, len: usize) -> Part {
+        Part {
+            start,
+            lines: (start..start + len).map(|index| ResultLine { index, id: None, prediction: None, error: Some("x".into()) }).collect(),
+        }
+    }
+
+    #[test]
+    fn remaining_is_the_complement_of_the_parts() {
+        assert_eq!(remaining(10, &[]), vec![0..10]);
+        assert_eq!(remaining(10, &[part(0, 10)]), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(remaining(10, &[part(2, 3), part(7, 1)]), vec![0..2, 5..7, 8..10]);
+        assert_eq!(remaining(10, &[part(0, 4), part(4, 2)]), vec![6..10]);
+    }
+
+    #[test]
+    fn parts_round_trip_and_reject_gaps() {
+        let p = part(5, 3);
+        assert_eq!(parse_part("p", &to_jsonl(&p.lines)).unwrap(), p);
+        let mut gappy = p.lines.clone();
+        gappy.remove(1);
+        assert!(parse_part("p", &to_jsonl(&gappy)).unwrap_err().to_string().contains("contiguous"));
+    }
+}
