@@ -10,6 +10,8 @@
 //! `KUBESENTIMENT_REQUIRE_CLUSTER=1` (set by CI) it panics instead, so CI never passes on
 //! skipped tests.
 
+pub mod stack;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -31,7 +33,8 @@ pub struct Cluster {
 
 static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
 
-fn repo_root() -> PathBuf {
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository. This is a bug.").to_path_buf()
 }
 

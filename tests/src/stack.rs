@@ -1,0 +1,245 @@
+//! Real processes for black-box tests: inference servers on port 0 registered through a
+//! Service's EndpointSlices, operators scoped to one test's namespace, and a moto S3
+//! server. Each is killed when its handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+use crate::{Cluster, TestNamespace, repo_root};
+
+/// A binary of this workspace's release build (`cargo build --release` ran first).
+pub fn release_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("a test knows its own path");
+    // target/release/deps/<test> → target/release/<name>
+    exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").join(name)
+}
+
+/// A child process with its output in a log file; killed on drop.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Result<Proc> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("ks-{name}-{}-{n}.log", std::process::id()));
+        let file = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .env("RUST_BACKTRACE", "0")
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc { child, log })
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds a line containing `needle`; returns the rest of that line.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.output().lines().find_map(|l| l.split_once(needle).map(|(_, rest)| rest.trim().to_string())) {
+                return Ok(line);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("exited ({status}) before printing {needle:?}:\n{}", self.output());
+            }
+            if Instant::now() > deadline {
+                bail!("no {needle:?} within {timeout:?}:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An inference server on a free port.
+pub struct Inference {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Inference {
+    pub fn start(extra: &[&str]) -> Result<Inference> {
+        let mut cmd = Command::new(release_bin("inference-server"));
+        cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]).args(extra);
+        let mut proc = Proc::spawn("inference", cmd)?;
+        let url = proc.wait_for("listening on http://", Duration::from_secs(60))?;
+        let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).context("a port in the listening line")?;
+        Ok(Inference { proc, port })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Texts this server has run through the model (the sum of its batch sizes).
+    pub async fn texts_inferred(&self) -> Result<f64> {
+        let body = reqwest::get(format!("{}/metrics", self.url())).await?.text().await?;
+        Ok(body.lines().find_map(|l| l.strip_prefix("inference_batch_size_sum ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0))
+    }
+}
+
+/// Registers `servers` as the endpoints of Service `inference-server` in `ns`, one
+/// EndpointSlice each, as `e2e/up.sh` does (`inference-N.localhost` names).
+pub async fn register(ns: &TestNamespace, ports: &[u16]) -> Result<()> {
+    let pp = PatchParams::apply("kubesentiment-tests").force();
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "inference-server"},
+        "spec": {"ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}});
+    ns.api::<Service>().patch("inference-server", &pp, &Patch::Apply(svc)).await?;
+    for (i, port) in ports.iter().enumerate() {
+        let name = format!("inference-server-{i}");
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "inference-server"}},
+            "addressType": "FQDN",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [format!("inference-{i}.localhost")], "conditions": {"ready": true}}]});
+        ns.api::<EndpointSlice>().patch(&name, &pp, &Patch::Apply(slice)).await?;
+    }
+    Ok(())
+}
+
+/// Installs the CRD from `crds/` (idempotent) and waits until it is established.
+pub fn install_crds(cluster: &Cluster) -> Result<()> {
+    static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = DONE.lock().expect("the lock is never poisoned");
+    if *done {
+        return Ok(());
+    }
+    let crds = repo_root().join("crds/sentimentbatch.yaml");
+    for args in [
+        vec!["apply".to_string(), "--server-side".into(), "--force-conflicts".into(), "-f".into(), crds.display().to_string()],
+        vec![
+            "wait".into(),
+            "--for".into(),
+            "condition=established".into(),
+            "--timeout=60s".into(),
+            "-f".into(),
+            crds.display().to_string(),
+        ],
+    ] {
+        let out = cluster.kubectl().args(&args).output()?;
+        if !out.status.success() {
+            bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    *done = true;
+    Ok(())
+}
+
+/// An operator watching only `ns`, with its own lease there.
+pub fn operator(cluster: &Cluster, ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Proc> {
+    let mut cmd = Command::new(release_bin("kubesentiment-operator"));
+    cmd.env("KUBECONFIG", &cluster.kubeconfig)
+        .env_remove("ASYNC_BATCH_MAX_JOBS")
+        .args(["--watch-namespace", ns, "--inference-service", &format!("{ns}/inference-server"), "--host", "127.0.0.1", "--port", "0"])
+        .args(["--lease-duration-seconds", "4"])
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut proc = Proc::spawn("operator", cmd)?;
+    proc.wait_for("listening on ", Duration::from_secs(30))?;
+    Ok(proc)
+}
+
+/// moto's S3 server (from the venv `scripts/setup.sh` installs) on a free port.
+pub struct S3 {
+    pub proc: Proc,
+    pub endpoint: String,
+}
+
+impl S3 {
+    pub async fn start() -> Result<S3> {
+        let home = std::env::var_os("KUBESENTIMENT_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kubesentiment"));
+        let moto = home.join("venv/bin/moto_server");
+        if !moto.exists() {
+            bail!("{} is missing: run scripts/setup.sh", moto.display());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new(moto);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let proc = Proc::spawn("moto", cmd)?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        crate::eventually(Duration::from_secs(30), "moto to answer", || {
+            let url = endpoint.clone();
+            async move { Ok(reqwest::get(url).await.ok().map(|_| ())) }
+        })
+        .await?;
+        Ok(S3 { proc, endpoint })
+    }
+
+    /// Unsigned requests: moto's server mode does not check signatures.
+    pub async fn put(&self, path: &str, body: impl Into<reqwest::Body>) -> Result<()> {
+        let r = reqwest::Client::new().put(format!("{}/{path}", self.endpoint)).body(body).send().await?;
+        if !r.status().is_success() {
+            bail!("PUT {path}: {}", r.status());
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, path: &str) -> Result<String> {
+        let r = reqwest::get(format!("{}/{path}", self.endpoint)).await?;
+        if !r.status().is_success() {
+            bail!("GET {path}: {}", r.status());
+        }
+        Ok(r.text().await?)
+    }
+
+    /// A signed GET of `bucket/key`, as a client holding the credentials reads results.
+    pub async fn get_signed(&self, path: &str) -> Result<String> {
+        use object_store::ObjectStoreExt;
+        let (bucket, key) = path.split_once('/').context("bucket/key")?;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()?;
+        let bytes = store.get(&object_store::path::Path::from(key)).await?.bytes().await?;
+        Ok(String::from_utf8(bytes.to_vec())?)
+    }
+
+    /// The environment an operator needs to write `s3://` outputs here.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
