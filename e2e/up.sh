@@ -5,7 +5,8 @@
 #   3. INFERENCE_REPLICAS inference-server processes on free ports, registered as the
 #      cluster would see them: Service kubesentiment-system/inference-server with one
 #      EndpointSlice per process;
-#   4. waits until everything is ready and writes e2e/.state/env
+#   4. the operator, on configs/async_batch.yaml, watching every namespace;
+#   5. waits until everything is ready and writes e2e/.state/env
 #      (KUBESENTIMENT_STATE moves e2e/.state elsewhere, as the tests do).
 # Workload processes are supervised: a crashed one is restarted on the same port, and
 # e2e/.state/<name>.pid always holds its current pid. e2e/down.sh stops everything.
@@ -110,12 +111,17 @@ endpoints:
 YAML
 done
 
-for url in "${urls[@]}"; do
+operator_port=$(free_port)
+supervise operator "$target/release/kubesentiment-operator" --config "$repo/configs/async_batch.yaml" \
+  --inference-service "$namespace/inference-server" --lease-namespace "$namespace" --host 127.0.0.1 --port "$operator_port"
+operator_url=http://127.0.0.1:$operator_port
+
+for url in "${urls[@]}" "$operator_url"; do
   for _ in $(seq 1 300); do
     curl -fsS "$url/health/ready" >/dev/null 2>&1 && break
     sleep 0.2
   done
-  curl -fsS "$url/health/ready" >/dev/null || { log "$url never became ready; see $state/inference-*.log"; exit 1; }
+  curl -fsS "$url/health/ready" >/dev/null || { log "$url never became ready; see $state/*.log"; exit 1; }
 done
 
 {
@@ -123,7 +129,9 @@ done
   echo "export KUBECTL=$kubectl"
   echo "export KUBESENTIMENT_NAMESPACE=$namespace"
   echo "export INFERENCE_URLS=\"${urls[*]}\""
+  echo "export OPERATOR_URL=$operator_url"
+  echo "export OPERATOR_PID_FILE=$state/operator.pid"
   echo "export CONTROLPLANE_PID=$(cat "$state/controlplane.pid")"
   for i in $(seq 0 $((replicas - 1))); do echo "export INFERENCE_${i}_PID_FILE=$state/inference-$i.pid"; done
 } >"$state/env"
-log "source e2e/.state/env, then \$KUBECTL get endpointslices -n $namespace"
+log "source e2e/.state/env, then \$KUBECTL apply -f e2e/examples/ && \$KUBECTL get sb"

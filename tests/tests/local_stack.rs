@@ -1,6 +1,7 @@
 //! `e2e/up.sh` and `e2e/down.sh` as a user runs them: the stack comes up, the inference
-//! server is found through its EndpointSlice, a killed server is restarted like a
-//! Deployment's pod, and `down.sh` leaves no process behind.
+//! server is found through its EndpointSlice, the example batch succeeds through the
+//! operator, a killed server is restarted like a Deployment's pod, and `down.sh` leaves
+//! no process behind.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,13 +80,24 @@ async fn up_registers_restarts_and_down_cleans_up() {
     .unwrap();
     assert!(alive(&new) && !alive(&old));
 
+    // The operator runs the example batch to Succeeded, with results where its status says.
+    kubectl(&["apply", "-f", e2e().join("examples").to_str().unwrap()]);
+    kubectl(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "sentimentbatch/brief", "--timeout=180s"]);
+    let location = kubectl(&["get", "sb", "brief", "-o", "jsonpath={.status.resultsLocation}"]);
+    assert_eq!(location, "configmap://default/brief-results");
+    let manifest = kubectl(&["get", "configmap", "brief-results", "-o", "jsonpath={.data.manifest\\.json}"]);
+    assert!(manifest.contains("\"totalTexts\": 3"), "{manifest}");
+    let part = kubectl(&["get", "configmap", "brief-part-0000000", "-o", "jsonpath={.data.results\\.jsonl}"]);
+    let labels: Vec<_> = part.lines().map(|l| l.split("\"label\":\"").nth(1).unwrap().split('"').next().unwrap()).collect();
+    assert_eq!(labels, ["POSITIVE", "NEGATIVE", "NEUTRAL"]);
+
     let pids: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "pid"))
         .map(|p| read(&p))
         .collect();
-    assert!(pids.len() >= 3, "control plane, inference server and its supervisor: {pids:?}");
+    assert!(pids.len() >= 5, "control plane, inference server, operator and their supervisors: {pids:?}");
     let down = script("down.sh", &state).output().unwrap();
     assert!(down.status.success());
     for pid in &pids {
