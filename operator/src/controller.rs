@@ -31,6 +31,8 @@ use crate::metrics::Metrics;
 use crate::source;
 use crate::store::{self, MANAGER, ResultLine, Store, StoreError};
 
+/// Set this annotation on a finished batch to compute its failed items again.
+pub const RETRY_FAILED: &str = "kubesentiment.io/retry-failed";
 /// How often a Running batch's status is refreshed: at most one write per second each.
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
 /// How often a batch refused admission asks again.
@@ -111,21 +113,27 @@ fn error_policy(batch: Arc<SentimentBatch>, error: &Error, ctx: Arc<Context>) ->
 async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     let uid = batch.uid().unwrap_or_default();
     ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
+    let store = Store::for_batch(&ctx.client, batch);
     if batch.phase().is_final() {
         ctx.engine.remove(&uid).await;
+        if batch.annotations().contains_key(RETRY_FAILED) {
+            retry_failed(batch, ctx, store.ok()).await?;
+        }
         return Ok(Action::await_change());
     }
-    let store = match Store::for_batch(&ctx.client, batch) {
+    let store = match store {
         Ok(s) => s,
         Err(e) => return finalize_without_store(batch, ctx, Phase::Failed, "OutputInvalid", &e.to_string()).await,
     };
     if batch.spec.cancel {
         return finalize(batch, ctx, &store, Phase::Cancelled, "Cancelled", "spec.cancel is set").await;
     }
+    // The clock starts at creation, or at the last start (a retry restarts it).
     let now = Timestamp::now();
     let created = batch.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let since = batch.status.as_ref().and_then(|s| s.started_at.as_ref()).map_or(created, |t| t.0);
     let timeout = ctx.cfg.timeout(batch.spec.timeout_seconds);
-    let left = (created + jiff::SignedDuration::try_from(timeout).expect("timeouts are capped. This is a bug.")).duration_since(now);
+    let left = (since + jiff::SignedDuration::try_from(timeout).expect("timeouts are capped. This is a bug.")).duration_since(now);
     if left.is_negative() || left.is_zero() {
         let msg = format!("not finished within {} s", timeout.as_secs());
         return finalize(batch, ctx, &store, Phase::Expired, "Timeout", &msg).await;
@@ -330,6 +338,42 @@ async fn end(
     publish(ctx, batch, kind, &format!("{phase:?}"), &format!("{reason}: {msg}")).await;
     write_status(batch, ctx, status).await?;
     Ok(Action::await_change())
+}
+
+/// Requeues a finished batch's failed items: its status goes back to Pending with a
+/// fresh clock, the parts holding failures are deleted (their good lines come back from
+/// the cache), and the annotation is removed last. Each step is safe to repeat if the
+/// operator dies between them.
+async fn retry_failed(batch: &SentimentBatch, ctx: &Context, store: Option<Store>) -> Result<(), Error> {
+    let old = batch.status.clone().unwrap_or_default();
+    let retry = matches!(batch.phase(), Phase::Succeeded | Phase::Failed) && old.failed_texts > 0 && !batch.spec.cancel;
+    if let (true, Some(store)) = (retry, store) {
+        let failed: Vec<usize> =
+            store.read_parts().await?.into_iter().filter(|p| p.lines.iter().any(|l| l.error.is_some())).map(|p| p.start).collect();
+        let status = SentimentBatchStatus {
+            phase: Some(Phase::Pending),
+            started_at: Some(Time(Timestamp::now())),
+            completed_at: None,
+            conditions: vec![condition(&old.conditions, "Queued", true, "RetryRequested", &format!("{RETRY_FAILED} is set"), batch)],
+            ..old
+        };
+        write_status(batch, ctx, status).await?;
+        for start in &failed {
+            store.delete_part(*start).await?;
+        }
+        publish(
+            ctx,
+            batch,
+            EventType::Normal,
+            "RetryFailed",
+            &format!("requeued {} failed texts", batch.status.as_ref().map_or(0, |s| s.failed_texts)),
+        )
+        .await;
+    }
+    let api: Api<SentimentBatch> = Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"annotations": {RETRY_FAILED: null}}});
+    api.patch(&batch.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
 }
 
 async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {

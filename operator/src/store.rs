@@ -249,6 +249,24 @@ impl Store {
         self.failures_location()
     }
 
+    /// Deletes the part starting at `start`, so its range is computed again.
+    pub async fn delete_part(&self, start: usize) -> Result<(), StoreError> {
+        match self {
+            Store::ConfigMaps { api, base, .. } => {
+                match api.delete(&Self::cm_name(base, &format!("part-{start:07}")), &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Store::Objects { store, prefix, .. } => match store.delete(&prefix.clone().join(format!("part-{start:07}.jsonl"))).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
+        Ok(())
+    }
+
     /// Removes what the batch does not own: objects outside the cluster. ConfigMaps are
     /// garbage-collected through their owner reference instead.
     pub async fn delete_unowned(&self) -> Result<(), StoreError> {

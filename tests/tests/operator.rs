@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use kubesentiment_operator::crd::{Phase, SentimentBatch};
 use kubesentiment_operator::store::{BATCH_UID_LABEL, Manifest};
 use kubesentiment_tests::stack::{Inference, Proc, S3, install_crds, operator, register};
@@ -423,6 +423,30 @@ async fn a_poison_text_fails_alone_and_a_dead_endpoint_is_skipped() {
     assert!(dead.contains("\"index\":777"));
     let b = env.phase("more", Phase::Succeeded).await;
     assert_eq!(status(&b).failed_texts, 0);
+
+    // The fault is fixed (a new, healthy endpoint appears in the Service); retry-failed
+    // computes the dead-lettered text again.
+    let healthy = Inference::start(&[]).unwrap();
+    register(&env.ns, &[healthy.port]).await.unwrap();
+    drop(good);
+    env.batches()
+        .patch(
+            "faults",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"kubesentiment.io/retry-failed": "true"}}})),
+        )
+        .await
+        .unwrap();
+    let b = env
+        .wait("faults", "a clean retry", |b| {
+            b.phase() == Phase::Succeeded && !b.annotations().contains_key("kubesentiment.io/retry-failed") && status(b).failed_texts == 0
+        })
+        .await
+        .unwrap();
+    assert_eq!(status(&b).processed_texts, 1000);
+    let lines = env.results(&b).await;
+    assert_eq!(lines.len(), 1000);
+    assert!(lines[777].get("label").is_some(), "{}", lines[777]);
     env.ns.delete().await.unwrap();
 }
 
