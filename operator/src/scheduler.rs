@@ -124,8 +124,10 @@ impl Scheduler {
             .iter()
             .filter(|(_, e)| e.pending.iter().any(|(_, at)| *at <= now))
             .map(|(id, e)| {
-                let aged = (now.saturating_duration_since(e.waiting_since).as_secs_f64() / aging) as usize;
-                (id, (e.priority.level().saturating_sub(aged), e.deadline, e.waiting_since))
+                // May go below 0 (above high): a starved job must be able to overtake,
+                // not only tie, or an earlier deadline at the higher level would win forever.
+                let aged = (now.saturating_duration_since(e.waiting_since).as_secs_f64() / aging) as i64;
+                (id, (e.priority.level() as i64 - aged, e.deadline, e.waiting_since))
             })
             .min_by_key(|(_, key)| *key)?;
         let id = id.clone();
@@ -200,13 +202,13 @@ mod tests {
         for i in 0..20 {
             let id = format!("low-{i}");
             s.admit(&id, Priority::Low, t0 + FAR, t0).unwrap();
-            s.enqueue(&id, [0..1000], t0);
+            s.enqueue(&id, vec![0..1000], t0);
         }
         // Two chunks go out before the high batch arrives…
         assert!(s.next(t0, |_| 100).unwrap().job.starts_with("low"));
         assert!(s.next(t0, |_| 100).unwrap().job.starts_with("low"));
         s.admit("high", Priority::High, t0 + FAR, t0).unwrap();
-        s.enqueue("high", [0..10], t0);
+        s.enqueue("high", vec![0..10], t0);
         // …and the very next dispatch is the high batch's.
         let c = s.next(t0, |_| 100).unwrap();
         assert_eq!((c.job.as_str(), c.range.clone()), ("high", 0..10));
@@ -216,18 +218,22 @@ mod tests {
     fn aging_lets_low_work_progress_under_steady_high_load() {
         let t0 = Instant::now();
         let mut s = sched([100, 500, 1000], 1000);
-        s.admit("low", Priority::Low, t0 + FAR, t0).unwrap();
-        s.enqueue("low", [0..10], t0);
         s.admit("high", Priority::High, t0 + FAR, t0).unwrap();
-        s.enqueue("high", [0..1_000_000], t0);
+        s.enqueue("high", vec![0..1_000_000], t0);
+        // The low batch's deadline is later, so a tie in level is not enough for it.
+        s.admit("low", Priority::Low, t0 + 2 * FAR, t0).unwrap();
+        s.enqueue("low", vec![0..30], t0);
         // One chunk per second: the high batch always has work, yet low gets a turn once
-        // it has waited two aging periods (two levels).
-        let first_low = (0..60).find(|sec| {
-            let c = s.next(t0 + Duration::from_secs(*sec), |_| 10).unwrap();
-            s.returned(&c.job);
-            c.job == "low"
-        });
-        assert_eq!(first_low, Some(20));
+        // it has waited three aging periods (one level above high), and again after each
+        // further three.
+        let lows: Vec<u64> = (0..100)
+            .filter(|sec| {
+                let c = s.next(t0 + Duration::from_secs(*sec), |_| 10).unwrap();
+                s.returned(&c.job);
+                c.job == "low"
+            })
+            .collect();
+        assert_eq!(lows, [30, 60, 90]);
     }
 
     #[test]
@@ -236,7 +242,7 @@ mod tests {
         let mut s = sched([100, 500, 1000], 1000);
         for (id, secs) in [("late", 300), ("soon", 30), ("mid", 100)] {
             s.admit(id, Priority::Medium, t0 + Duration::from_secs(secs), t0).unwrap();
-            s.enqueue(id, [0..5], t0);
+            s.enqueue(id, vec![0..5], t0);
         }
         let order: Vec<_> = (0..3).map(|_| s.next(t0, |_| 5).unwrap().job).collect();
         assert_eq!(order, ["soon", "mid", "late"]);
@@ -261,7 +267,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = sched([100, 500, 1000], 1000);
         s.admit("a", Priority::Medium, t0 + FAR, t0).unwrap();
-        s.enqueue("a", [0..25], t0);
+        s.enqueue("a", vec![0..25], t0);
         let c = s.next(t0, |_| 10).unwrap();
         assert_eq!(c.range, 0..10);
         s.retry(Chunk { attempts: 1, ..c }, t0 + Duration::from_secs(1));

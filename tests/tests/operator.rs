@@ -338,6 +338,26 @@ async fn high_priority_overtakes_low_and_admission_limits_hold() {
 }
 
 #[tokio::test]
+async fn aging_lets_low_priority_work_through_a_steady_high_load() {
+    let Some(env) = env("op-aging").await else { return };
+    let inf = Inference::start(&[]).unwrap();
+    register(&env.ns, &[inf.port]).await.unwrap();
+    let _op = operator(env.cluster, &env.ns.name, &["--aging-seconds", "1", "--workers", "1"], &[]).unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "load"}, "data": {"lines": texts(5000, "load").join("\n")}})).unwrap();
+    env.ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await.unwrap();
+    env.create("high", json!({"source": {"configMapKeyRef": {"name": "load", "key": "lines"}}, "priority": "high", "maxBatchSize": 50}))
+        .await
+        .unwrap();
+    env.wait("high", "progress", |b| b.status.as_ref().is_some_and(|s| s.processed_texts > 0)).await.unwrap();
+    env.create("low", json!({"texts": texts(20, "aged"), "priority": "low"})).await.unwrap();
+    env.phase("low", Phase::Succeeded).await;
+    let high = env.batches().get("high").await.unwrap();
+    assert_eq!(high.phase(), Phase::Running, "the low batch only ran after the high one: {:?}", high.status);
+    env.ns.delete().await.unwrap();
+}
+
+#[tokio::test]
 async fn cancel_delete_and_timeout_keep_what_was_done() {
     let Some(env) = env("op-stop").await else { return };
     let inf = Inference::start(&[]).unwrap();
