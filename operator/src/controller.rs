@@ -67,12 +67,15 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per batch, for error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// When each running batch's progress was last written, to write at most once per
+    /// STATUS_PERIOD (our own writes come back as watch events and trigger reconciles).
+    progress_written: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
     pub fn new(client: Client, engine: Engine, cfg: AsyncBatch, metrics: Metrics, instance: String) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: Some(instance) });
-        Context { client, engine, cfg, metrics, recorder, failures: Mutex::default() }
+        Context { client, engine, cfg, metrics, recorder, failures: Mutex::default(), progress_written: Mutex::default() }
     }
 }
 
@@ -151,12 +154,17 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     if progress.done {
         return finalize(batch, ctx, &store, Phase::Succeeded, "Succeeded", "every text has a result").await;
     }
+    let since_write = ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").get(&uid).map(Instant::elapsed);
+    if let Some(since) = since_write.filter(|s| *s < STATUS_PERIOD) {
+        return Ok(Action::requeue(STATUS_PERIOD - since));
+    }
     let old = batch.status.clone().unwrap_or_default();
     let status = SentimentBatchStatus {
         estimated_completion_seconds: progress.eta_seconds.or(old.estimated_completion_seconds),
         ..counts(&old, progress.total, &progress.tally)
     };
     write_status(batch, ctx, running(batch, status, &store)).await?;
+    ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").insert(uid, Instant::now());
     Ok(Action::requeue(every))
 }
 
@@ -261,6 +269,7 @@ fn running(batch: &SentimentBatch, status: SentimentBatchStatus, store: &Store) 
 async fn finalize(batch: &SentimentBatch, ctx: &Context, store: &Store, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
     let uid = batch.uid().unwrap_or_default();
     ctx.engine.remove(&uid).await;
+    ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
     let old = batch.status.clone().unwrap_or_default();
     let total = old.total_texts.max(0) as usize;
     let parts = store.read_parts().await?;
@@ -377,7 +386,9 @@ async fn retry_failed(batch: &SentimentBatch, ctx: &Context, store: Option<Store
 }
 
 async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
-    ctx.engine.remove(&batch.uid().unwrap_or_default()).await;
+    let uid = batch.uid().unwrap_or_default();
+    ctx.engine.remove(&uid).await;
+    ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
     if let Ok(store) = Store::for_batch(&ctx.client, batch) {
         store.delete_unowned().await?;
     }

@@ -26,7 +26,7 @@ use crate::source::Item;
 use crate::store::{Part, ResultLine, Store};
 
 /// How long a chunk should take on one endpoint; chunk sizes adapt toward it.
-const TARGET_CHUNK_SECONDS: f64 = 0.5;
+const TARGET_CHUNK_SECONDS: f64 = 1.0;
 const MIN_CHUNK: usize = 8;
 const FIRST_CHUNK: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -124,11 +124,32 @@ pub enum Outcome {
 }
 
 enum Command {
-    Admit { id: JobId, priority: Priority, deadline: Instant, reply: oneshot::Sender<Result<(), QueueFull>> },
+    Admit {
+        id: JobId,
+        priority: Priority,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<(), QueueFull>>,
+    },
     Start(Box<JobStart>),
-    Progress { id: JobId, reply: oneshot::Sender<Option<Progress>> },
-    Remove { id: JobId },
-    Returned { chunk: Chunk, endpoint: Option<String>, outcome: Outcome, elapsed: Duration },
+    Progress {
+        id: JobId,
+        reply: oneshot::Sender<Option<Progress>>,
+    },
+    Remove {
+        id: JobId,
+    },
+    /// An endpoint answered a chunk: its slot is free while the chunk's part is written.
+    Answered {
+        endpoint: String,
+        texts: usize,
+        elapsed: Duration,
+    },
+    /// A chunk's attempt ended; `endpoint` is set when it ended without an answer.
+    Returned {
+        chunk: Chunk,
+        endpoint: Option<String>,
+        outcome: Outcome,
+    },
 }
 
 /// The handle the controller talks to the engine through.
@@ -313,17 +334,35 @@ impl State {
                 self.sched.remove(&id);
                 self.jobs.remove(&id);
             }
-            Command::Returned { chunk, endpoint, outcome, elapsed } => self.returned(chunk, endpoint, outcome, elapsed, now),
+            Command::Answered { endpoint, texts, elapsed } => self.release(&endpoint, Some((texts, elapsed))),
+            Command::Returned { chunk, endpoint, outcome } => self.returned(chunk, endpoint, outcome, now),
         }
     }
 
-    fn returned(&mut self, chunk: Chunk, endpoint: Option<String>, outcome: Outcome, elapsed: Duration, now: Instant) {
-        let m = &self.shared.metrics;
-        if let Some(ep) = endpoint.as_ref().and_then(|u| self.endpoints.get_mut(u)) {
-            ep.in_flight = ep.in_flight.saturating_sub(1);
+    /// Frees an endpoint slot; `answered` (texts, wall time) when it answered, which
+    /// also feeds its measured speed.
+    fn release(&mut self, url: &str, answered: Option<(usize, Duration)>) {
+        let Some(ep) = self.endpoints.get_mut(url) else { return };
+        // Chunks that shared the endpoint with this one (itself included).
+        let sharing = ep.in_flight.max(1);
+        ep.in_flight = ep.in_flight.saturating_sub(1);
+        if let Some((texts, elapsed)) = answered {
+            self.shared.metrics.dispatch_seconds.observe(elapsed.as_secs_f64());
+            ep.failures = 0;
+            ep.dead_until = None;
+            if texts > 0 {
+                // The endpoint served `sharing` chunks at once, so each text cost it only
+                // a share of this chunk's wall time.
+                let per_text = elapsed.as_secs_f64() / (texts * sharing) as f64;
+                ep.secs_per_text = Some(ep.secs_per_text.map_or(per_text, |old| 0.7 * old + 0.3 * per_text));
+            }
         }
-        if endpoint.is_some() {
-            m.dispatch_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    fn returned(&mut self, chunk: Chunk, endpoint: Option<String>, outcome: Outcome, now: Instant) {
+        let m = self.shared.metrics.clone();
+        if let Some(url) = &endpoint {
+            self.release(url, None);
         }
         if !self.jobs.contains_key(&chunk.job) {
             self.sched.returned(&chunk.job);
@@ -332,12 +371,6 @@ impl State {
         let backoff = |attempts: u32| Duration::from_millis(100 * 2u64.saturating_pow(attempts.min(6)));
         match outcome {
             Outcome::Committed(tally) => {
-                if let Some(ep) = endpoint.as_ref().and_then(|u| self.endpoints.get_mut(u)) {
-                    ep.failures = 0;
-                    ep.dead_until = None;
-                    let per_text = elapsed.as_secs_f64() / chunk.len().max(1) as f64;
-                    ep.secs_per_text = Some(ep.secs_per_text.map_or(per_text, |old| 0.7 * old + 0.3 * per_text));
-                }
                 self.committed.push_back((now, tally.done()));
                 let job = self.jobs.get_mut(&chunk.job).expect("checked above. This is a bug.");
                 job.done_here += tally.done();
@@ -413,7 +446,7 @@ impl State {
                 Ok(()) => Outcome::Committed(Tally::of(&part.lines)),
                 Err(e) => Outcome::Store(e.to_string()),
             };
-            let _ = tx.send(Command::Returned { chunk, endpoint: None, outcome, elapsed: Duration::ZERO }).await;
+            let _ = tx.send(Command::Returned { chunk, endpoint: None, outcome }).await;
         });
     }
 
@@ -457,10 +490,9 @@ impl State {
             let (items, store, model) = (job.start.items.clone(), job.start.store.clone(), job.start.model.clone());
             let (shared, tx) = (self.shared.clone(), self.tx.clone());
             tokio::spawn(async move {
-                let began = Instant::now();
-                let outcome = run_chunk(&shared, &url, &items, &store, model.as_deref(), chunk.range.clone()).await;
-                let elapsed = began.elapsed();
-                let _ = tx.send(Command::Returned { chunk, endpoint: Some(url), outcome, elapsed }).await;
+                let (outcome, answered) = run_chunk(&shared, &tx, &url, &items, &store, model.as_deref(), chunk.range.clone()).await;
+                let endpoint = (!answered).then_some(url);
+                let _ = tx.send(Command::Returned { chunk, endpoint, outcome }).await;
             });
         }
     }
@@ -497,8 +529,18 @@ fn eta(job: &Job, now: Instant) -> Option<i64> {
     (job.done_here > 0 && secs > 0.0).then(|| (left as f64 / (job.done_here as f64 / secs)).ceil() as i64)
 }
 
-/// One attempt at one chunk: cache, request, store.
-async fn run_chunk(shared: &Shared, url: &str, items: &[Item], store: &Store, model: Option<&str>, range: Range<usize>) -> Outcome {
+/// One attempt at one chunk: cache, request, store. Returns whether the endpoint
+/// answered (and its slot was already released with [`Command::Answered`]).
+async fn run_chunk(
+    shared: &Shared,
+    tx: &mpsc::Sender<Command>,
+    url: &str,
+    items: &[Item],
+    store: &Store,
+    model: Option<&str>,
+    range: Range<usize>,
+) -> (Outcome, bool) {
+    let began = Instant::now();
     let m = &shared.metrics;
     let served = shared.served_model.read().expect("the lock is never poisoned. This is a bug.").clone();
     let key = |model: &str, text: &str| format!("{model}\u{0}{text}");
@@ -519,33 +561,35 @@ async fn run_chunk(shared: &Shared, url: &str, items: &[Item], store: &Store, mo
     }
     m.cache_hits.inc_by((range.len() - ask.len()) as u64);
     m.cache_misses.inc_by(ask.len() as u64);
+    let answered = Command::Answered { endpoint: url.to_string(), texts: ask.len(), elapsed: Duration::ZERO };
     if !ask.is_empty() {
         let body = PredictRequest { texts: ask.iter().map(|t| t.to_string()).collect(), options: Default::default() };
         let resp = match shared.http.post(format!("{url}/v1/predict")).json(&body).send().await {
             Ok(r) => r,
-            Err(e) => return Outcome::Unreachable(e.to_string()),
+            Err(e) => return (Outcome::Unreachable(e.to_string()), false),
         };
         let status = resp.status();
         if status.as_u16() == 429 || status.as_u16() == 503 {
-            return Outcome::Busy;
+            return (Outcome::Busy, false);
         }
         if !status.is_success() {
             let msg = match resp.json::<ErrorBody>().await {
                 Ok(b) => b.message,
                 Err(_) => format!("inference server answered {status}"),
             };
-            return Outcome::Rejected(msg);
+            return (Outcome::Rejected(msg), false);
         }
         let results = match resp.json::<PredictResponse>().await {
             Ok(r) if r.results.len() == ask.len() => r.results,
-            Ok(r) => return Outcome::Rejected(format!("{} results for {} texts", r.results.len(), ask.len())),
-            Err(e) => return Outcome::Unreachable(format!("reading the answer: {e}")),
+            Ok(r) => return (Outcome::Rejected(format!("{} results for {} texts", r.results.len(), ask.len())), false),
+            Err(e) => return (Outcome::Unreachable(format!("reading the answer: {e}")), false),
         };
+        let _ = tx.send(Command::Answered { endpoint: url.to_string(), texts: ask.len(), elapsed: began.elapsed() }).await;
         if let Some(want) = model
             && let Some(got) = results.first().map(|r| r.model_name.as_str())
             && got != want
         {
-            return Outcome::Fatal(format!("the inference pool serves model {got:?}, but the batch asks for {want:?}"));
+            return (Outcome::Fatal(format!("the inference pool serves model {got:?}, but the batch asks for {want:?}")), true);
         }
         if let Some(first) = results.first() {
             let mut s = shared.served_model.write().expect("the lock is never poisoned. This is a bug.");
@@ -557,6 +601,9 @@ async fn run_chunk(shared: &Shared, url: &str, items: &[Item], store: &Store, mo
             shared.cache.insert(key(&r.model_name, text), r.clone());
             known.insert(text, (r, false));
         }
+    } else {
+        // All from the cache: the endpoint was never asked.
+        let _ = tx.send(answered).await;
     }
     // Later duplicates of a text inside the chunk were computed once: they are hits too.
     let mut seen = std::collections::HashSet::new();
@@ -570,8 +617,8 @@ async fn run_chunk(shared: &Shared, url: &str, items: &[Item], store: &Store, mo
         .collect();
     let part = Part { start: lines[0].index, lines };
     match store.write_part(&part).await {
-        Ok(()) => Outcome::Committed(Tally::of(&part.lines)),
-        Err(e) => Outcome::Store(e.to_string()),
+        Ok(()) => (Outcome::Committed(Tally::of(&part.lines)), true),
+        Err(e) => (Outcome::Store(e.to_string()), true),
     }
 }
 
@@ -583,7 +630,7 @@ mod tests {
     fn chunk_sizes_follow_measured_latency() {
         assert_eq!(chunk_size(None, 1000), FIRST_CHUNK);
         assert_eq!(chunk_size(None, 10), 10);
-        assert_eq!(chunk_size(Some(0.001), 1000), 500);
+        assert_eq!(chunk_size(Some(0.002), 1000), 500);
         assert_eq!(chunk_size(Some(0.001), 100), 100);
         assert_eq!(chunk_size(Some(10.0), 1000), MIN_CHUNK);
         assert_eq!(chunk_size(Some(10.0), 3), 3);

@@ -506,10 +506,11 @@ async fn kill_dash_nine_resumes_without_redoing_committed_work_and_a_standby_tak
     standby.wait_for("leading as", Duration::from_secs(60)).unwrap();
     let b = env.phase("crashed", Phase::Succeeded).await;
     assert_eq!((status(&b).processed_texts, status(&b).failed_texts), (n as i64, 0));
-    // Committed chunks were not inferred again: at most the chunk in flight at the kill
-    // (one worker, 100 texts) was computed twice.
+    // Committed chunks were not inferred again: at most the chunks uncommitted at the
+    // kill were computed twice — one on the endpoint (one worker) and one answered but
+    // still being written, 100 texts each.
     let inferred = inf.texts_inferred().await.unwrap() - before;
-    assert!(inferred <= (n + 100) as f64, "{inferred} texts inferred for {n}");
+    assert!(inferred <= (n + 200) as f64, "{inferred} texts inferred for {n}");
     assert!(inferred >= n as f64, "{inferred} texts inferred for {n}");
 
     // The results match an uninterrupted run of the same texts wherever the model is
