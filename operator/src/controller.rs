@@ -202,7 +202,11 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
     let parts = store.read_parts().await?;
     let committed = Tally::of(parts.iter().flat_map(|p| &p.lines));
     let total = items.len();
-    let max_batch = batch.spec.max_batch_size.map_or(ctx.cfg.max_batch_size, |n| (n.max(1) as usize).min(ctx.cfg.max_batch_size));
+    let max_batch = batch
+        .spec
+        .max_batch_size
+        .map_or(ctx.cfg.max_batch_size, |n| (n.max(1) as usize).min(ctx.cfg.max_batch_size))
+        .min(store.max_part_texts());
     let object = ObjectRef::from(batch);
     let remaining = store::remaining(total, &parts);
     tracing::info!(batch = %batch.name_any(), total, committed = committed.done(), "starting");

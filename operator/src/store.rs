@@ -33,6 +33,9 @@ pub const MANAGER: &str = "kubesentiment-operator";
 pub const BATCH_UID_LABEL: &str = "kubesentiment.io/batch-uid";
 const KIND_LABEL: &str = "kubesentiment.io/results";
 const DATA_KEY: &str = "results.jsonl";
+/// Most texts in one ConfigMap part: a line is at most ~1.4 KB (a 256-character id of
+/// 4-byte characters plus the prediction), so a part stays well under the 1 MiB limit.
+pub const MAX_CONFIGMAP_PART_TEXTS: usize = 500;
 
 /// One text's outcome: its prediction, or the error it failed with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,6 +136,14 @@ impl Store {
                 let prefix = Path::from_iter(base.parts().chain([namespace.as_str().into(), format!("{name}-{uid}").as_str().into()]));
                 Ok(Store::Objects { store, root, prefix })
             }
+        }
+    }
+
+    /// Most texts one part (one chunk) may hold in this store.
+    pub fn max_part_texts(&self) -> usize {
+        match self {
+            Store::ConfigMaps { .. } => MAX_CONFIGMAP_PART_TEXTS,
+            Store::Objects { .. } => usize::MAX,
         }
     }
 
