@@ -163,29 +163,22 @@ impl AsyncBatch {
 mod tests {
     use super::*;
 
-    fn write(text: &str) -> tempfile_path::Path {
-        tempfile_path::Path::new(text)
+    /// A YAML file in the temp directory, removed on drop.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(text: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!("ks-config-{}-{}.yaml", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+            std::fs::write(&p, text).unwrap();
+            TempFile(p)
+        }
     }
 
-    /// A file under the target directory, removed on drop.
-    mod tempfile_path {
-        pub struct Path(std::path::PathBuf);
-        impl Path {
-            pub fn new(text: &str) -> Self {
-                use std::sync::atomic::{AtomicU32, Ordering};
-                static N: AtomicU32 = AtomicU32::new(0);
-                let p = std::env::temp_dir().join(format!("ks-config-{}-{}.yaml", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-                std::fs::write(&p, text).unwrap();
-                Path(p)
-            }
-            pub fn get(&self) -> &std::path::Path {
-                &self.0
-            }
-        }
-        impl Drop for Path {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
         }
     }
 
@@ -197,8 +190,8 @@ mod tests {
 
     #[test]
     fn layers_file_then_overrides() {
-        let f = write("async_batch:\n  max_jobs: 7\n  priority_low_limit: 3\n");
-        let s = AsyncBatch::load(Some(f.get()), &Overrides { max_jobs: Some(9), ..Default::default() }).unwrap();
+        let f = TempFile::new("async_batch:\n  max_jobs: 7\n  priority_low_limit: 3\n");
+        let s = AsyncBatch::load(Some(&f.0), &Overrides { max_jobs: Some(9), ..Default::default() }).unwrap();
         assert_eq!((s.max_jobs, s.priority_low_limit, s.priority_high_limit), (9, 3, 100));
     }
 
@@ -210,8 +203,8 @@ mod tests {
             ("async_batch:\n  max_jobz: 1\n", "max_jobz"),
             ("async_batch:\n  workers: -1\n", "workers"),
         ] {
-            let f = write(yaml);
-            let e = AsyncBatch::load(Some(f.get()), &Overrides::default()).unwrap_err().to_string();
+            let f = TempFile::new(yaml);
+            let e = AsyncBatch::load(Some(&f.0), &Overrides::default()).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml:?} gave {e:?}");
         }
     }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AsyncBatch;
 use crate::crd::{FINALIZER, Failures, Phase, SentimentBatch, SentimentBatchStatus, Summary};
-use crate::engine::{Engine, JobStart, SAMPLES, Tally};
+use crate::engine::{Engine, JobStart, Tally};
 use crate::metrics::Metrics;
 use crate::source;
 use crate::store::{self, MANAGER, ResultLine, Store, StoreError};
@@ -104,6 +104,12 @@ async fn reconcile(batch: Arc<SentimentBatch>, ctx: Arc<Context>) -> Result<Acti
     Ok(action)
 }
 
+/// Stops a batch's work in the engine and drops what this replica remembers of it.
+async fn forget(ctx: &Context, uid: &str) {
+    ctx.engine.remove(uid).await;
+    ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").remove(uid);
+}
+
 fn error_policy(batch: Arc<SentimentBatch>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.with_label_values(&[error.reason()]).inc();
     tracing::warn!(batch = %batch.name_any(), %error, "reconcile failed");
@@ -118,7 +124,7 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
     let store = Store::for_batch(&ctx.client, batch);
     if batch.phase().is_final() {
-        ctx.engine.remove(&uid).await;
+        forget(ctx, &uid).await;
         if batch.annotations().contains_key(RETRY_FAILED) {
             retry_failed(batch, ctx, store.ok()).await?;
         }
@@ -194,10 +200,7 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
     }
     let items = match source::read(&ctx.client, &namespace, &batch.spec).await {
         Ok(items) => items,
-        Err(e) => {
-            ctx.engine.remove(&uid).await;
-            return finalize(batch, ctx, &store, Phase::Failed, e.reason(), &e.to_string()).await;
-        }
+        Err(e) => return finalize(batch, ctx, &store, Phase::Failed, e.reason(), &e.to_string()).await,
     };
     let parts = store.read_parts().await?;
     let committed = Tally::of(parts.iter().flat_map(|p| &p.lines));
@@ -271,9 +274,7 @@ fn running(batch: &SentimentBatch, status: SentimentBatchStatus, store: &Store) 
 /// Ends a batch: stops its work, writes the failures list and manifest from what the
 /// store holds, and sets the final phase.
 async fn finalize(batch: &SentimentBatch, ctx: &Context, store: &Store, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
-    let uid = batch.uid().unwrap_or_default();
-    ctx.engine.remove(&uid).await;
-    ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
+    forget(ctx, &batch.uid().unwrap_or_default()).await;
     let old = batch.status.clone().unwrap_or_default();
     let total = old.total_texts.max(0) as usize;
     let parts = store.read_parts().await?;
@@ -288,16 +289,15 @@ async fn finalize(batch: &SentimentBatch, ctx: &Context, store: &Store, phase: P
         failures.sort_by_key(|l| l.index);
     }
     let location = store.finish(total, &parts, &failures).await?;
-    let mut tally = Tally::of(parts.iter().flat_map(|p| &p.lines).filter(|l| l.error.is_none()).chain(&failures));
-    tally.samples.truncate(SAMPLES);
+    let tally = Tally::of(parts.iter().flat_map(|p| &p.lines).filter(|l| l.error.is_none()).chain(&failures));
     let (phase, reason, msg) = if phase == Phase::Succeeded && tally.ok == 0 && tally.failed > 0 {
-        (Phase::Failed, "AllItemsFailed", format!("all {} texts failed; see {}", tally.failed, store.failures_at()))
+        (Phase::Failed, "AllItemsFailed", format!("all {} texts failed; see {}", tally.failed, store.failures_location()))
     } else {
         (phase, reason, msg.to_string())
     };
     let mut status = counts(&old, total, &tally);
     if let Some(f) = status.failures.as_mut() {
-        f.location = Some(store.failures_at());
+        f.location = Some(store.failures_location());
     }
     status.results_location = Some(location);
     end(batch, ctx, status, phase, reason, &msg).await
@@ -305,7 +305,7 @@ async fn finalize(batch: &SentimentBatch, ctx: &Context, store: &Store, phase: P
 
 /// Ends a batch whose results store cannot even be named.
 async fn finalize_without_store(batch: &SentimentBatch, ctx: &Context, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
-    ctx.engine.remove(&batch.uid().unwrap_or_default()).await;
+    forget(ctx, &batch.uid().unwrap_or_default()).await;
     let status = batch.status.clone().unwrap_or_default();
     end(batch, ctx, status, phase, reason, msg).await
 }
@@ -390,9 +390,7 @@ async fn retry_failed(batch: &SentimentBatch, ctx: &Context, store: Option<Store
 }
 
 async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
-    let uid = batch.uid().unwrap_or_default();
-    ctx.engine.remove(&uid).await;
-    ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
+    forget(ctx, &batch.uid().unwrap_or_default()).await;
     if let Ok(store) = Store::for_batch(&ctx.client, batch) {
         store.delete_unowned().await?;
     }

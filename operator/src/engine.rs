@@ -31,7 +31,7 @@ const MIN_CHUNK: usize = 8;
 const FIRST_CHUNK: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Failure samples kept in a batch's status.
-pub const SAMPLES: usize = 5;
+const SAMPLES: usize = 5;
 
 /// What a batch's committed results add up to.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -360,12 +360,12 @@ impl State {
     }
 
     fn returned(&mut self, chunk: Chunk, endpoint: Option<String>, outcome: Outcome, now: Instant) {
-        let m = self.shared.metrics.clone();
         if let Some(url) = &endpoint {
             self.release(url, None);
         }
+        // The attempt is over whatever happens next (a give-up holds the chunk again).
+        self.sched.returned(&chunk.job);
         if !self.jobs.contains_key(&chunk.job) {
-            self.sched.returned(&chunk.job);
             return;
         }
         let backoff = |attempts: u32| Duration::from_millis(100 * 2u64.saturating_pow(attempts.min(6)));
@@ -375,7 +375,6 @@ impl State {
                 let job = self.jobs.get_mut(&chunk.job).expect("checked above. This is a bug.");
                 job.done_here += tally.done();
                 job.tally.merge(tally);
-                self.sched.returned(&chunk.job);
                 self.notify_if_done(&chunk.job);
             }
             Outcome::Unreachable(why) => {
@@ -387,25 +386,21 @@ impl State {
                     ep.failures += 1;
                     ep.dead_until = Some(now + (backoff(ep.failures)).min(Duration::from_secs(10)));
                 }
-                m.retries.inc();
-                self.sched.returned(&chunk.job);
+                self.shared.metrics.retries.inc();
                 self.sched.retry(Chunk { avoid: endpoint, ..chunk }, now);
             }
             Outcome::Busy => {
-                m.retries.inc();
-                self.sched.returned(&chunk.job);
+                self.shared.metrics.retries.inc();
                 self.sched.retry(chunk, now + Duration::from_millis(200));
             }
             Outcome::Store(why) => {
                 tracing::warn!(%why, "writing results");
-                m.retries.inc();
-                self.sched.returned(&chunk.job);
+                self.shared.metrics.retries.inc();
                 let at = now + backoff(chunk.attempts);
                 self.sched.retry(Chunk { attempts: chunk.attempts + 1, ..chunk }, at);
             }
             Outcome::Rejected(why) => {
-                m.retries.inc();
-                self.sched.returned(&chunk.job);
+                self.shared.metrics.retries.inc();
                 if let Some((left, right)) = chunk.split() {
                     // Halve until the failing text is alone; the others go through.
                     self.sched.retry(right, now);
@@ -422,7 +417,6 @@ impl State {
                 }
             }
             Outcome::Fatal(why) => {
-                self.sched.returned(&chunk.job);
                 self.sched.remove(&chunk.job);
                 let job = self.jobs.get_mut(&chunk.job).expect("checked above. This is a bug.");
                 job.fatal = Some(why);
@@ -441,11 +435,7 @@ impl State {
         self.shared.metrics.item_failures.with_label_values(&[reason]).inc_by(lines.len() as u64);
         let (store, tx) = (job.start.store.clone(), self.tx.clone());
         tokio::spawn(async move {
-            let part = Part { start: chunk.range.start, lines };
-            let outcome = match store.write_part(&part).await {
-                Ok(()) => Outcome::Committed(Tally::of(&part.lines)),
-                Err(e) => Outcome::Store(e.to_string()),
-            };
+            let outcome = commit(&store, Part { start: chunk.range.start, lines }).await;
             let _ = tx.send(Command::Returned { chunk, endpoint: None, outcome }).await;
         });
     }
@@ -561,7 +551,6 @@ async fn run_chunk(
     }
     m.cache_hits.inc_by((range.len() - ask.len()) as u64);
     m.cache_misses.inc_by(ask.len() as u64);
-    let answered = Command::Answered { endpoint: url.to_string(), texts: ask.len(), elapsed: Duration::ZERO };
     if !ask.is_empty() {
         let body = PredictRequest { texts: ask.iter().map(|t| t.to_string()).collect(), options: Default::default() };
         let resp = match shared.http.post(format!("{url}/v1/predict")).json(&body).send().await {
@@ -603,7 +592,7 @@ async fn run_chunk(
         }
     } else {
         // All from the cache: the endpoint was never asked.
-        let _ = tx.send(answered).await;
+        let _ = tx.send(Command::Answered { endpoint: url.to_string(), texts: 0, elapsed: Duration::ZERO }).await;
     }
     // Later duplicates of a text inside the chunk were computed once: they are hits too.
     let mut seen = std::collections::HashSet::new();
@@ -615,10 +604,14 @@ async fn run_chunk(
             ResultLine { index, id: item.id.clone(), prediction: Some(PredictionResult { cached, ..r.clone() }), error: None }
         })
         .collect();
-    let part = Part { start: lines[0].index, lines };
+    (commit(store, Part { start: lines[0].index, lines }).await, true)
+}
+
+/// Writes a chunk's part; the chunk is done only if this succeeds.
+async fn commit(store: &Store, part: Part) -> Outcome {
     match store.write_part(&part).await {
-        Ok(()) => (Outcome::Committed(Tally::of(&part.lines)), true),
-        Err(e) => (Outcome::Store(e.to_string()), true),
+        Ok(()) => Outcome::Committed(Tally::of(&part.lines)),
+        Err(e) => Outcome::Store(e.to_string()),
     }
 }
 

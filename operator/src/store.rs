@@ -147,50 +147,36 @@ impl Store {
         }
     }
 
-    fn cm_name(base: &str, suffix: &str) -> String {
-        format!("{base}-{suffix}")
-    }
-
-    fn object_url(root: &str, path: &Path) -> String {
-        format!("{root}/{path}")
+    /// Where `entry` lives: `configmap://NS/NAME`, or the object's URL.
+    fn location(&self, entry: &Entry) -> String {
+        match self {
+            Store::ConfigMaps { namespace, base, .. } => format!("configmap://{namespace}/{}", entry.configmap(base)),
+            Store::Objects { root, prefix, .. } => format!("{root}/{}", entry.object(prefix)),
+        }
     }
 
     /// Where the results are, for `status.resultsLocation`: the manifest.
     pub fn manifest_location(&self) -> String {
-        match self {
-            Store::ConfigMaps { namespace, base, .. } => format!("configmap://{namespace}/{}", Self::cm_name(base, "results")),
-            Store::Objects { root, prefix, .. } => Self::object_url(root, &prefix.clone().join("manifest.json")),
-        }
+        self.location(&Entry::manifest())
     }
 
-    fn failures_location(&self) -> String {
-        match self {
-            Store::ConfigMaps { namespace, base, .. } => format!("configmap://{namespace}/{}", Self::cm_name(base, "failures")),
-            Store::Objects { root, prefix, .. } => Self::object_url(root, &prefix.clone().join("failures.jsonl")),
-        }
+    /// Where the failures list (the dead-letter list) is.
+    pub fn failures_location(&self) -> String {
+        self.location(&Entry::failures())
     }
 
-    fn part_location(&self, start: usize) -> String {
-        match self {
-            Store::ConfigMaps { namespace, base, .. } => {
-                format!("configmap://{namespace}/{}", Self::cm_name(base, &format!("part-{start:07}")))
-            }
-            Store::Objects { root, prefix, .. } => Self::object_url(root, &prefix.clone().join(format!("part-{start:07}.jsonl"))),
-        }
-    }
-
-    async fn put(&self, suffix: &str, file: &str, kind: &str, body: String) -> Result<(), StoreError> {
+    async fn put(&self, entry: &Entry, body: String) -> Result<(), StoreError> {
         match self {
             Store::ConfigMaps { api, base, uid, owner, .. } => {
-                let name = Self::cm_name(base, suffix);
+                let name = entry.configmap(base);
                 let cm = ConfigMap {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
-                        labels: Some([(BATCH_UID_LABEL.to_string(), uid.clone()), (KIND_LABEL.to_string(), kind.to_string())].into()),
+                        labels: Some([(BATCH_UID_LABEL.to_string(), uid.clone()), (KIND_LABEL.to_string(), entry.kind.to_string())].into()),
                         owner_references: Some(vec![owner.clone()]),
                         ..Default::default()
                     },
-                    data: Some([(file.to_string(), body)].into()),
+                    data: Some([(entry.key.to_string(), body)].into()),
                     ..Default::default()
                 };
                 let mut value = serde_json::to_value(&cm).expect("a ConfigMap serializes. This is a bug.");
@@ -199,7 +185,7 @@ impl Store {
                 api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value)).await?;
             }
             Store::Objects { store, prefix, .. } => {
-                store.put(&prefix.clone().join(file), body.into()).await?;
+                store.put(&entry.object(prefix), body.into()).await?;
             }
         }
         Ok(())
@@ -207,9 +193,7 @@ impl Store {
 
     /// Writes one part, replacing any earlier write of the same range.
     pub async fn write_part(&self, part: &Part) -> Result<(), StoreError> {
-        let (suffix, file) = (format!("part-{:07}", part.start), format!("part-{:07}.jsonl", part.start));
-        let file = if matches!(self, Store::ConfigMaps { .. }) { DATA_KEY.to_string() } else { file };
-        self.put(&suffix, &file, "part", to_jsonl(&part.lines)).await
+        self.put(&Entry::part(part.start), to_jsonl(&part.lines)).await
     }
 
     /// Every part committed so far, ordered by start.
@@ -238,39 +222,31 @@ impl Store {
 
     /// Writes the failures list and then the manifest; returns the manifest's location.
     pub async fn finish(&self, total: usize, parts: &[Part], failures: &[ResultLine]) -> Result<String, StoreError> {
-        self.put(
-            "failures",
-            if matches!(self, Store::ConfigMaps { .. }) { DATA_KEY } else { "failures.jsonl" },
-            "failures",
-            to_jsonl(failures),
-        )
-        .await?;
+        self.put(&Entry::failures(), to_jsonl(failures)).await?;
         let manifest = Manifest {
             total_texts: total,
-            parts: parts.iter().map(|p| ManifestPart { location: self.part_location(p.start), start: p.start, end: p.end() }).collect(),
+            parts: parts
+                .iter()
+                .map(|p| ManifestPart { location: self.location(&Entry::part(p.start)), start: p.start, end: p.end() })
+                .collect(),
             failures: self.failures_location(),
             failed_texts: failures.len(),
         };
         let body = serde_json::to_string_pretty(&manifest).expect("a manifest serializes. This is a bug.");
-        self.put("results", "manifest.json", "manifest", body).await?;
+        self.put(&Entry::manifest(), body).await?;
         Ok(self.manifest_location())
-    }
-
-    pub fn failures_at(&self) -> String {
-        self.failures_location()
     }
 
     /// Deletes the part starting at `start`, so its range is computed again.
     pub async fn delete_part(&self, start: usize) -> Result<(), StoreError> {
+        let entry = Entry::part(start);
         match self {
-            Store::ConfigMaps { api, base, .. } => {
-                match api.delete(&Self::cm_name(base, &format!("part-{start:07}")), &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Store::Objects { store, prefix, .. } => match store.delete(&prefix.clone().join(format!("part-{start:07}.jsonl"))).await {
+            Store::ConfigMaps { api, base, .. } => match api.delete(&entry.configmap(base), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            },
+            Store::Objects { store, prefix, .. } => match store.delete(&entry.object(prefix)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             },
@@ -289,13 +265,37 @@ impl Store {
         }
         Ok(())
     }
+}
 
-    /// Deletes every result ConfigMap of the batch (used when results must be recomputed).
-    pub async fn delete_configmaps(&self) -> Result<(), StoreError> {
-        if let Store::ConfigMaps { api, uid, .. } = self {
-            api.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid}"))).await?;
-        }
-        Ok(())
+/// One stored object of a batch: a part, the failures list or the manifest, named as a
+/// ConfigMap (`<batch>-<stem>`, data key `key`) or as an object (`<prefix>/<file>`).
+struct Entry {
+    stem: String,
+    file: String,
+    key: &'static str,
+    /// The value of the `kubesentiment.io/results` label.
+    kind: &'static str,
+}
+
+impl Entry {
+    fn part(start: usize) -> Self {
+        Entry { stem: format!("part-{start:07}"), file: format!("part-{start:07}.jsonl"), key: DATA_KEY, kind: "part" }
+    }
+
+    fn failures() -> Self {
+        Entry { stem: "failures".into(), file: "failures.jsonl".into(), key: DATA_KEY, kind: "failures" }
+    }
+
+    fn manifest() -> Self {
+        Entry { stem: "results".into(), file: "manifest.json".into(), key: "manifest.json", kind: "manifest" }
+    }
+
+    fn configmap(&self, base: &str) -> String {
+        format!("{base}-{}", self.stem)
+    }
+
+    fn object(&self, prefix: &Path) -> Path {
+        prefix.clone().join(self.file.as_str())
     }
 }
 

@@ -69,10 +69,6 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 impl Drop for Proc {
@@ -206,14 +202,6 @@ impl S3 {
             bail!("PUT {path}: {}", r.status());
         }
         Ok(())
-    }
-
-    pub async fn get(&self, path: &str) -> Result<String> {
-        let r = reqwest::get(format!("{}/{path}", self.endpoint)).await?;
-        if !r.status().is_success() {
-            bail!("GET {path}: {}", r.status());
-        }
-        Ok(r.text().await?)
     }
 
     /// A signed GET of `bucket/key`, as a client holding the credentials reads results.

@@ -44,6 +44,17 @@ impl Env {
         Ok(self.batches().create(&PostParams::default(), &b).await?)
     }
 
+    /// Creates ConfigMap `name` holding `data` in this namespace.
+    async fn configmap(&self, name: &str, data: Value) {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap();
+        self.ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await.unwrap();
+    }
+
+    /// Waits until batch `name` has committed some texts.
+    async fn progressed(&self, name: &str) {
+        self.wait(name, "progress", |b| b.status.as_ref().is_some_and(|s| s.processed_texts > 0)).await.unwrap();
+    }
+
     async fn wait(&self, name: &str, what: &str, ok: impl Fn(&SentimentBatch) -> bool) -> Result<SentimentBatch> {
         let api = self.batches();
         eventually(LONG, &format!("{name}: {what}"), || {
@@ -121,8 +132,7 @@ async fn every_source_and_output_reaches_succeeded() {
 
     let brief = ["I love this product! It is amazing.", "This is terrible and disappointing.", "It is okay, nothing special."];
     env.create("inline", json!({"texts": brief, "priority": "high"})).await.unwrap();
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "texts"}, "data": {"lines": "good value\nawful support\n", "json": "[\"fine\", {\"text\": \"great\", \"id\": 7}]"}})).unwrap();
-    env.ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await.unwrap();
+    env.configmap("texts", json!({"lines": "good value\nawful support\n", "json": "[\"fine\", {\"text\": \"great\", \"id\": 7}]"})).await;
     env.create("from-configmap", json!({"source": {"configMapKeyRef": {"name": "texts", "key": "lines"}}})).await.unwrap();
     let out_dir = std::env::temp_dir().join(format!("ks-file-out-{}", std::process::id()));
     env.create(
@@ -207,9 +217,7 @@ async fn bad_sources_and_models_fail_with_a_reason_and_an_event() {
     let inf = Inference::start(&[]).unwrap();
     register(&env.ns, &[inf.port]).await.unwrap();
     let _op = operator(env.cluster, &env.ns.name, &[], &[]).unwrap();
-    let cm: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "bad"}, "data": {"k": "{\"text\": \"fine\"}\n{\"txt\": 1}\n"}})).unwrap();
-    env.ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await.unwrap();
+    env.configmap("bad", json!({"k": "{\"text\": \"fine\"}\n{\"txt\": 1}\n"})).await;
     env.create("missing", json!({"source": {"configMapKeyRef": {"name": "nope", "key": "k"}}})).await.unwrap();
     env.create("invalid", json!({"source": {"configMapKeyRef": {"name": "bad", "key": "k"}}})).await.unwrap();
     env.create("wrong-model", json!({"texts": ["hello there"], "model": "distilbert-base-uncased-finetuned-sst-2-english"})).await.unwrap();
@@ -295,7 +303,7 @@ async fn a_high_batch_overtakes_twenty_low_ones() {
     for i in 0..20 {
         env.create(&format!("low-{i}"), json!({"texts": texts(1000, &format!("low{i}")), "priority": "low"})).await.unwrap();
     }
-    env.wait("low-0", "progress", |b| b.status.as_ref().is_some_and(|s| s.processed_texts > 0)).await.unwrap();
+    env.progressed("low-0").await;
     let low_done = || async {
         let all = env.batches().list(&ListParams::default()).await.unwrap().items;
         all.iter()
@@ -357,13 +365,11 @@ async fn aging_lets_low_priority_work_through_a_steady_high_load() {
     let inf = Inference::start(&[]).unwrap();
     register(&env.ns, &[inf.port]).await.unwrap();
     let _op = operator(env.cluster, &env.ns.name, &["--aging-seconds", "1", "--workers", "1"], &[]).unwrap();
-    let cm: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "load"}, "data": {"lines": texts(5000, "load").join("\n")}})).unwrap();
-    env.ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await.unwrap();
+    env.configmap("load", json!({"lines": texts(5000, "load").join("\n")})).await;
     env.create("high", json!({"source": {"configMapKeyRef": {"name": "load", "key": "lines"}}, "priority": "high", "maxBatchSize": 50}))
         .await
         .unwrap();
-    env.wait("high", "progress", |b| b.status.as_ref().is_some_and(|s| s.processed_texts > 0)).await.unwrap();
+    env.progressed("high").await;
     env.create("low", json!({"texts": texts(20, "aged"), "priority": "low"})).await.unwrap();
     env.phase("low", Phase::Succeeded).await;
     let high = env.batches().get("high").await.unwrap();
@@ -378,8 +384,7 @@ async fn cancel_delete_and_timeout_keep_what_was_done() {
     register(&env.ns, &[inf.port]).await.unwrap();
     let _op = operator(env.cluster, &env.ns.name, &["--workers", "1"], &[]).unwrap();
     let big = texts(3000, "t").join("\n");
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "big"}, "data": {"lines": big}})).unwrap();
-    env.ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await.unwrap();
+    env.configmap("big", json!({"lines": big})).await;
     let src = json!({"configMapKeyRef": {"name": "big", "key": "lines"}});
 
     // Timeout: Expired, unfinished items fail with "timeout", finished results stay.
@@ -398,7 +403,7 @@ async fn cancel_delete_and_timeout_keep_what_was_done() {
 
     // Cancel mid-run.
     env.create("cancelled", json!({"source": src, "maxBatchSize": 50})).await.unwrap();
-    env.wait("cancelled", "progress", |b| b.status.as_ref().is_some_and(|s| s.processed_texts > 0)).await.unwrap();
+    env.progressed("cancelled").await;
     env.batches().patch("cancelled", &PatchParams::default(), &Patch::Merge(json!({"spec": {"cancel": true}}))).await.unwrap();
     let b = env.phase("cancelled", Phase::Cancelled).await;
     let done = status(&b).processed_texts;
@@ -411,7 +416,7 @@ async fn cancel_delete_and_timeout_keep_what_was_done() {
     // Delete mid-run: the batch goes, and its result ConfigMaps are garbage-collected.
     let b = env.create("deleted", json!({"source": src, "maxBatchSize": 50})).await.unwrap();
     let uid = b.metadata.uid.clone().unwrap();
-    env.wait("deleted", "progress", |b| b.status.as_ref().is_some_and(|s| s.processed_texts > 0)).await.unwrap();
+    env.progressed("deleted").await;
     env.batches().delete("deleted", &Default::default()).await.unwrap();
     let cms: Api<ConfigMap> = env.ns.api();
     eventually(LONG, "the deleted batch's ConfigMaps collected", || {
@@ -438,7 +443,7 @@ async fn a_poison_text_fails_alone_and_a_dead_endpoint_is_skipped() {
     items[777] = "this one is POISON for the model".into();
     env.create("faults", json!({"texts": items[..1000], "maxBatchSize": 40})).await.unwrap();
     env.create("more", json!({"texts": items[1000..], "maxBatchSize": 40})).await.unwrap();
-    env.wait("faults", "progress", |b| b.status.as_ref().is_some_and(|s| s.processed_texts > 0)).await.unwrap();
+    env.progressed("faults").await;
     doomed.proc.kill9();
 
     let b = env.phase("faults", Phase::Succeeded).await;
@@ -499,8 +504,7 @@ async fn kill_dash_nine_resumes_without_redoing_committed_work_and_a_standby_tak
     register(&env.ns, &[inf.port]).await.unwrap();
     let n = 2000;
     let body = texts(n, "c").join("\n");
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "texts"}, "data": {"lines": body}})).unwrap();
-    env.ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await.unwrap();
+    env.configmap("texts", json!({"lines": body})).await;
     let src = json!({"configMapKeyRef": {"name": "texts", "key": "lines"}});
 
     let mut leader = operator(env.cluster, &env.ns.name, &["--workers", "1"], &[]).unwrap();
