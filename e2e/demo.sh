@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's run command: brings the local system up (e2e/up.sh), applies the brief's
 # example batch (e2e/examples/), waits for it to succeed, and prints its status and the
-# results read from the location in its status. Leaves the system up; e2e/down.sh stops it.
+# results read from the location in its status; then runs the brief's curl flow against
+# the REST facade. Leaves the system up; e2e/down.sh stops it.
 set -euo pipefail
 e2e=$(cd "$(dirname "$0")" && pwd)
 bash "$e2e/up.sh"
@@ -22,4 +23,23 @@ done | python3 -c 'import json, sys
 for line in sys.stdin:
     r = json.loads(line)
     print("{index}  {label:<9} {score:.3f}  {tokens:>3} tokens  cached={cached}".format(**r))'
+
+echo "--- the same over REST (the brief's curl flow): POST \$KUBESENTIMENT_API/api/v1/batch/predict"
+key=${KUBESENTIMENT_API_KEYS%%,*}
+auth=(${key:+-H "Authorization: Bearer ${key%%=*}"})
+curl -fsS "${auth[@]}" -X POST "$KUBESENTIMENT_API/api/v1/batch/predict" -H 'Content-Type: application/json' \
+  -d '{"texts": ["I love this product! It is amazing.", "This is terrible and disappointing.", "It is okay, nothing special."],
+       "priority": "medium", "timeout_seconds": 300}' | tee "$e2e/.state/job.json"
+echo
+job=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["job_id"])' "$e2e/.state/job.json")
+for _ in $(seq 1 300); do
+  status=$(curl -fsS "${auth[@]}" "$KUBESENTIMENT_API/api/v1/batch/status/$job")
+  case $status in *'"status":"completed"'*|*'"status":"failed"'*|*'"status":"expired"'*|*'"status":"cancelled"'*) break ;; esac
+  sleep 0.2
+done
+echo "--- GET /api/v1/batch/status/$job"
+echo "$status"
+echo "--- GET /api/v1/batch/results/$job"
+curl -fsS "${auth[@]}" "$KUBESENTIMENT_API/api/v1/batch/results/$job"
+echo
 echo "--- the system stays up: source e2e/.state/env to use \$KUBECTL; e2e/down.sh stops it"

@@ -6,7 +6,8 @@
 #      cluster would see them: Service kubesentiment-system/inference-server with one
 #      EndpointSlice per process;
 #   4. the operator, on configs/async_batch.yaml, watching every namespace;
-#   5. waits until everything is ready and writes e2e/.state/env
+#   5. the REST facade (KUBESENTIMENT_API), its unkeyed jobs in namespace default;
+#   6. waits until everything is ready and writes e2e/.state/env
 #      (KUBESENTIMENT_STATE moves e2e/.state elsewhere, as the tests do).
 # Workload processes are supervised: a crashed one is restarted on the same port, and
 # e2e/.state/<name>.pid always holds its current pid. e2e/down.sh stops everything.
@@ -116,7 +117,14 @@ supervise operator "$target/release/kubesentiment-operator" --config "$repo/conf
   --inference-service "$namespace/inference-server" --lease-namespace "$namespace" --host 127.0.0.1 --port "$operator_port"
 operator_url=http://127.0.0.1:$operator_port
 
-for url in "${urls[@]}" "$operator_url"; do
+# The REST facade; KUBESENTIMENT_API_KEYS and KUBESENTIMENT_RATE_LIMIT_PER_MINUTE, when
+# set, reach it through the environment. Unkeyed jobs go to the default namespace.
+api_port=${KUBESENTIMENT_API_PORT:-$(free_port)}
+supervise facade "$target/release/kubesentiment-facade" --config "$repo/configs/async_batch.yaml" \
+  --namespace default --inference-service "$namespace/inference-server" --host 127.0.0.1 --port "$api_port"
+api_url=http://127.0.0.1:$api_port
+
+for url in "${urls[@]}" "$operator_url" "$api_url"; do
   for _ in $(seq 1 300); do
     curl -fsS "$url/health/ready" >/dev/null 2>&1 && break
     sleep 0.2
@@ -131,7 +139,9 @@ done
   echo "export INFERENCE_URLS=\"${urls[*]}\""
   echo "export OPERATOR_URL=$operator_url"
   echo "export OPERATOR_PID_FILE=$state/operator.pid"
+  echo "export KUBESENTIMENT_API=$api_url"
+  echo "export FACADE_PID_FILE=$state/facade.pid"
   echo "export CONTROLPLANE_PID=$(cat "$state/controlplane.pid")"
   for i in $(seq 0 $((replicas - 1))); do echo "export INFERENCE_${i}_PID_FILE=$state/inference-$i.pid"; done
 } >"$state/env"
-log "source e2e/.state/env, then \$KUBECTL apply -f e2e/examples/ && \$KUBECTL get sb"
+log "source e2e/.state/env, then \$KUBECTL apply -f e2e/examples/ && \$KUBECTL get sb, or curl \$KUBESENTIMENT_API/docs/"

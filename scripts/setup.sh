@@ -5,7 +5,8 @@
 #   ~/.cache/kubesentiment/                      ($KUBESENTIMENT_HOME overrides)
 #     downloads/                                 the verified packages
 #     onnxruntime/libonnxruntime.so.1.32.0       ONNX Runtime (from the PyPI wheel)
-#     venv/                                      onnx, numpy, onnxruntime, moto (pinned)
+#     venv/                                      onnx, numpy, onnxruntime, moto, pytest and the
+#                                                Python client's dependencies (pinned)
 #     models/minilm-sentiment/                   the built-in default model
 #     models/test/{tiny-bert,tiny-distilbert,tiny-encoder}/   generated test models
 #     data/hutto/*.txt, data/uci/{amazon,imdb,yelp}.json     labelled sentences
@@ -62,6 +63,12 @@ if [ ! -f "$venv/.ok-1" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "$dl/$ORT_WHEEL" onnx==1.23.2 numpy==2.4.6 "moto[server]==5.2.1"
   touch "$venv/.ok-1"
+fi
+# The Python client's dependencies and pytest, for its tests against a live facade.
+if [ ! -f "$venv/.ok-client-1" ]; then
+  log "installing the Python client's test dependencies"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check httpx==0.28.1 websockets==15.0.1 tqdm==4.67.1 pytest==8.4.2
+  touch "$venv/.ok-client-1"
 fi
 py=$venv/bin/python
 

@@ -132,7 +132,7 @@ pub struct SecretRef {
 }
 
 /// Scheduling priority; higher levels are served first, with aging.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(JsonSchema, utoipa::ToSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     High,

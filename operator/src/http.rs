@@ -36,3 +36,14 @@ pub fn router(health: Arc<Health>) -> Router {
         )
         .with_state(health)
 }
+
+/// Cancels `stop` on SIGTERM or Ctrl-C: the one shutdown signal of both binaries.
+pub async fn shutdown_on_signal(stop: tokio_util::sync::CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    stop.cancel();
+}

@@ -10,11 +10,13 @@
 //! - [`store`]: result parts, manifest and failures (ConfigMaps or `object_store`).
 //! - [`endpoints`]: inference endpoints from a Service's EndpointSlices.
 //! - [`metrics`], [`http`]: Prometheus metrics and the health/metrics server.
+//! - [`facade`]: the REST API over `SentimentBatch` resources (`kubesentiment-facade`).
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod endpoints;
 pub mod engine;
+pub mod facade;
 pub mod http;
 pub mod metrics;
 pub mod scheduler;

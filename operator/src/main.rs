@@ -76,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("listening on {addr}");
     let server = axum::serve(listener, http::router(health.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
     tokio::spawn(async move { server.await });
-    tokio::spawn(shutdown_on_signal(stop.clone()));
+    tokio::spawn(http::shutdown_on_signal(stop.clone()));
 
     let batches: Api<SentimentBatch> = match &cli.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -133,14 +133,4 @@ async fn main() -> anyhow::Result<()> {
         bail!("lost the leader lease");
     }
     Ok(())
-}
-
-async fn shutdown_on_signal(stop: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-    stop.cancel();
 }

@@ -1,6 +1,8 @@
 //! Every metric the operator exports, named and bucketed in one place. The brief's
 //! `async_batch_*` names come first; the rest are the operator's own.
 
+use std::time::Duration;
+
 use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::config::AsyncBatch;
@@ -83,6 +85,45 @@ impl Metrics {
             m.registry.register(Box::new(g)).expect("metric names are unique. This is a bug.");
         }
         m
+    }
+
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}
+
+/// The REST facade's request metrics, labelled by route template.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    seconds: HistogramVec,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("kubesentiment_http_requests_total", "Requests answered, by method, route and status"),
+            &["method", "route", "status"],
+        )
+        .expect("metric options are valid. This is a bug.");
+        let seconds = HistogramVec::new(
+            HistogramOpts::new("kubesentiment_http_request_seconds", "Time to answer, by route")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+            &["route"],
+        )
+        .expect("metric options are valid. This is a bug.");
+        registry.register(Box::new(requests.clone())).expect("metric names are unique. This is a bug.");
+        registry.register(Box::new(seconds.clone())).expect("metric names are unique. This is a bug.");
+        HttpMetrics { registry, requests, seconds }
+    }
+}
+
+impl HttpMetrics {
+    pub fn observe(&self, method: &str, route: &str, status: u16, took: Duration) {
+        self.requests.with_label_values(&[method, route, &status.to_string()]).inc();
+        self.seconds.with_label_values(&[route]).observe(took.as_secs_f64());
     }
 
     pub fn render(&self) -> String {

@@ -220,6 +220,64 @@ impl Store {
         Ok(parts)
     }
 
+    /// The committed lines with an index in `range`, in order, reading only the parts
+    /// that can hold them (a part's name carries its first index).
+    pub async fn read_range(&self, range: std::ops::Range<usize>) -> Result<Vec<ResultLine>, StoreError> {
+        let mut starts: Vec<(usize, String)> = match self {
+            Store::ConfigMaps { api, uid, .. } => {
+                let lp = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{KIND_LABEL}=part"));
+                let names = api.list_metadata(&lp).await?.items.into_iter().map(|m| m.name_any());
+                names.filter_map(|n| Some((part_start(n.rsplit_once("-part-")?.1)?, n))).collect()
+            }
+            Store::Objects { store, prefix, .. } => {
+                let metas: Vec<_> = store.list(Some(prefix)).try_collect().await?;
+                let files = metas.into_iter().filter_map(|m| m.location.filename().map(str::to_string));
+                files.filter_map(|f| Some((part_start(f.strip_prefix("part-")?.strip_suffix(".jsonl")?)?, f))).collect()
+            }
+        };
+        starts.sort();
+        let mut lines = Vec::new();
+        for (i, (start, name)) in starts.iter().enumerate() {
+            let next = starts.get(i + 1).map_or(usize::MAX, |(s, _)| *s);
+            if *start >= range.end || next <= range.start {
+                continue;
+            }
+            let body = match self {
+                Store::ConfigMaps { api, .. } => match api.get_opt(name).await? {
+                    Some(cm) => cm.data.and_then(|mut d| d.remove(DATA_KEY)).unwrap_or_default(),
+                    None => continue, // deleted by a retry since the listing
+                },
+                Store::Objects { store, prefix, .. } => match store.get(&prefix.clone().join(name.as_str())).await {
+                    Ok(got) => String::from_utf8_lossy(&got.bytes().await?).into_owned(),
+                    Err(object_store::Error::NotFound { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            lines.extend(parse_part(name, &body)?.lines.into_iter().filter(|l| range.contains(&l.index)));
+        }
+        Ok(lines)
+    }
+
+    /// The failures list of a final batch; empty before it is written.
+    pub async fn read_failures(&self) -> Result<Vec<ResultLine>, StoreError> {
+        let entry = Entry::failures();
+        let body = match self {
+            Store::ConfigMaps { api, base, .. } => {
+                api.get_opt(&entry.configmap(base)).await?.and_then(|cm| cm.data).and_then(|mut d| d.remove(DATA_KEY)).unwrap_or_default()
+            }
+            Store::Objects { store, prefix, .. } => match store.get(&entry.object(prefix)).await {
+                Ok(got) => String::from_utf8_lossy(&got.bytes().await?).into_owned(),
+                Err(object_store::Error::NotFound { .. }) => String::new(),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let location = self.failures_location();
+        body.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| StoreError::Corrupt { location: location.clone(), why: e.to_string() }))
+            .collect()
+    }
+
     /// Writes the failures list and then the manifest; returns the manifest's location.
     pub async fn finish(&self, total: usize, parts: &[Part], failures: &[ResultLine]) -> Result<String, StoreError> {
         self.put(&Entry::failures(), to_jsonl(failures)).await?;
@@ -297,6 +355,11 @@ impl Entry {
     fn object(&self, prefix: &Path) -> Path {
         prefix.clone().join(self.file.as_str())
     }
+}
+
+/// The first index in a part's name (`0000500` → 500).
+fn part_start(digits: &str) -> Option<usize> {
+    digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok()).flatten()
 }
 
 fn to_jsonl(lines: &[ResultLine]) -> String {

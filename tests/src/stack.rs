@@ -1,6 +1,6 @@
 //! Real processes for black-box tests: inference servers on port 0 registered through a
-//! Service's EndpointSlices, operators scoped to one test's namespace, and a moto S3
-//! server. Each is killed when its handle drops.
+//! Service's EndpointSlices, operators scoped to one test's namespace, REST facades, and
+//! a moto S3 server. Each is killed when its handle drops.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -167,6 +167,42 @@ pub fn operator(cluster: &Cluster, ns: &str, args: &[&str], env: &[(&str, &str)]
     Ok(proc)
 }
 
+/// A REST facade whose unkeyed jobs live in `ns`, on a free port; returns once it is
+/// ready, with its base URL.
+pub async fn facade(cluster: &Cluster, ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(Proc, String)> {
+    let mut cmd = Command::new(release_bin("kubesentiment-facade"));
+    cmd.env("KUBECONFIG", &cluster.kubeconfig)
+        .env_remove("KUBESENTIMENT_API_KEYS")
+        .env_remove("KUBESENTIMENT_RATE_LIMIT_PER_MINUTE")
+        .args(["--namespace", ns, "--inference-service", &format!("{ns}/inference-server"), "--host", "127.0.0.1", "--port", "0"])
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut proc = Proc::spawn("facade", cmd)?;
+    let addr = proc.wait_for("listening on ", Duration::from_secs(30))?;
+    let url = format!("http://{addr}");
+    crate::eventually(Duration::from_secs(30), "the facade to be ready", || {
+        let ready = format!("{url}/health/ready");
+        async move { Ok(reqwest::get(ready).await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
+    })
+    .await?;
+    Ok((proc, url))
+}
+
+/// A program of the Python venv `scripts/setup.sh` installs (moto, pytest, the client's
+/// dependencies).
+pub fn venv_bin(name: &str) -> Result<PathBuf> {
+    let home = std::env::var_os("KUBESENTIMENT_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kubesentiment"));
+    let bin = home.join("venv/bin").join(name);
+    if !bin.exists() {
+        bail!("{} is missing: run scripts/setup.sh", bin.display());
+    }
+    Ok(bin)
+}
+
 /// moto's S3 server (from the venv `scripts/setup.sh` installs) on a free port.
 pub struct S3 {
     pub proc: Proc,
@@ -175,13 +211,7 @@ pub struct S3 {
 
 impl S3 {
     pub async fn start() -> Result<S3> {
-        let home = std::env::var_os("KUBESENTIMENT_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kubesentiment"));
-        let moto = home.join("venv/bin/moto_server");
-        if !moto.exists() {
-            bail!("{} is missing: run scripts/setup.sh", moto.display());
-        }
+        let moto = venv_bin("moto_server")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut cmd = Command::new(moto);
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);

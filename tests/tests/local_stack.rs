@@ -15,7 +15,11 @@ fn e2e() -> PathBuf {
 
 fn script(name: &str, state: &Path) -> Command {
     let mut c = Command::new("bash");
-    c.arg(e2e().join(name)).env("KUBESENTIMENT_STATE", state).env("KUBESENTIMENT_PREBUILT", "1").env_remove("KUBECONFIG");
+    c.arg(e2e().join(name))
+        .env("KUBESENTIMENT_STATE", state)
+        .env("KUBESENTIMENT_PREBUILT", "1")
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBESENTIMENT_API_KEYS");
     c
 }
 
@@ -91,13 +95,18 @@ async fn up_registers_restarts_and_down_cleans_up() {
     let labels: Vec<_> = part.lines().map(|l| l.split("\"label\":\"").nth(1).unwrap().split('"').next().unwrap()).collect();
     assert_eq!(labels, ["POSITIVE", "NEGATIVE", "NEUTRAL"]);
 
+    // The same job over the REST facade up.sh started.
+    let api = var("KUBESENTIMENT_API");
+    let status: serde_json::Value = reqwest::get(format!("{api}/api/v1/batch/status/brief")).await.unwrap().json().await.unwrap();
+    assert_eq!((status["status"].as_str(), status["processed_texts"].as_i64()), (Some("completed"), Some(3)), "{status}");
+
     let pids: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "pid"))
         .map(|p| read(&p))
         .collect();
-    assert!(pids.len() >= 5, "control plane, inference server, operator and their supervisors: {pids:?}");
+    assert!(pids.len() >= 7, "control plane, inference server, operator, facade and their supervisors: {pids:?}");
     let down = script("down.sh", &state).output().unwrap();
     assert!(down.status.success());
     for pid in &pids {

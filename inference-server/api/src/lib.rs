@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// The body of `POST /v1/predict`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
@@ -25,6 +26,7 @@ pub struct PredictRequest {
 }
 
 /// Per-request options of `POST /v1/predict`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredictOptions {
@@ -45,6 +47,7 @@ fn default_true() -> bool {
 }
 
 /// The answer of `POST /v1/predict`: one result per input text, in input order.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictResponse {
     pub results: Vec<PredictionResult>,
@@ -52,6 +55,7 @@ pub struct PredictResponse {
 
 /// One text's prediction, in the feature brief's per-result schema plus
 /// `scores`, `tokens` and `truncated`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionResult {
     pub label: String,
@@ -71,6 +75,7 @@ pub struct PredictionResult {
 }
 
 /// The answer of `GET /v1/model`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub name: String,
@@ -81,6 +86,7 @@ pub struct ModelInfo {
 }
 
 /// The one error shape of every route.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// A stable, machine-readable code such as `validation_error` or `queue_full`.

@@ -1,0 +1,219 @@
+//! Who is asking, and whether they may ask now.
+//!
+//! An API key maps to a [`Tenant`]: a namespace, and unless the key names its own
+//! namespace, a label value that marks its jobs. A tenant only ever sees resources in
+//! its namespace carrying its label, so another key's job answers 404. Keys are compared
+//! by their SHA-256, never stored or logged in clear. Rate limits apply per tenant.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use super::error::ApiError;
+
+/// The label that marks a job as a tenant's: the first 16 hex digits of its key's SHA-256.
+pub const TENANT_LABEL: &str = "kubesentiment.io/tenant";
+
+/// Whose jobs a request may touch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tenant {
+    pub namespace: String,
+    /// The value of [`TENANT_LABEL`] on its jobs; `None` sees the whole namespace.
+    pub label: Option<String>,
+}
+
+impl Tenant {
+    /// The label selector of its jobs, if any.
+    pub fn selector(&self) -> Option<String> {
+        self.label.as_ref().map(|l| format!("{TENANT_LABEL}={l}"))
+    }
+
+    pub fn owns(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.label.as_ref().is_none_or(|l| labels.get(TENANT_LABEL) == Some(l))
+    }
+
+    fn limiter_key(&self) -> String {
+        format!("{}/{}", self.namespace, self.label.as_deref().unwrap_or(""))
+    }
+}
+
+/// The configured keys. Without any, every request is the one anonymous tenant.
+pub struct Keys {
+    by_digest: HashMap<[u8; 32], Tenant>,
+    anonymous: Tenant,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keys({} configured)", self.by_digest.len())
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The tenant label of `key`.
+pub fn key_id(key: &str) -> String {
+    digest(key)[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Keys {
+    /// `spec` is `KEY[=NAMESPACE],…`: a key with a namespace owns that namespace; a key
+    /// without one shares `default_namespace`, its jobs told apart by label.
+    pub fn parse(spec: &str, default_namespace: &str) -> Result<Self, String> {
+        let mut by_digest = HashMap::new();
+        for entry in spec.split([',', '\n']).map(str::trim).filter(|e| !e.is_empty()) {
+            let (key, ns) = match entry.split_once('=') {
+                Some((k, ns)) => (k.trim(), Some(ns.trim())),
+                None => (entry, None),
+            };
+            if key.len() < 8 {
+                return Err("every API key must have at least 8 characters".into());
+            }
+            let tenant = match ns {
+                Some(ns) if !ns.is_empty() => Tenant { namespace: ns.to_string(), label: None },
+                Some(_) => return Err("an API key's namespace is empty".into()),
+                None => Tenant { namespace: default_namespace.to_string(), label: Some(key_id(key)) },
+            };
+            by_digest.insert(digest(key), tenant);
+        }
+        Ok(Keys { by_digest, anonymous: Tenant { namespace: default_namespace.to_string(), label: None } })
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.by_digest.is_empty()
+    }
+
+    /// Every namespace a tenant may use.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut ns: Vec<String> = self.by_digest.values().map(|t| t.namespace.clone()).chain([self.anonymous.namespace.clone()]).collect();
+        if self.enabled() {
+            ns.retain(|n| self.by_digest.values().any(|t| &t.namespace == n));
+        }
+        ns.sort();
+        ns.dedup();
+        ns
+    }
+
+    /// The tenant of a request, from `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    pub fn tenant(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+        if !self.enabled() {
+            return Ok(self.anonymous.clone());
+        }
+        let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).ok_or(ApiError::Unauthorized)?;
+        self.by_digest.get(&digest(key.trim())).cloned().ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// The brief's rate limits.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimits {
+    /// Per tenant.
+    pub max_requests_per_minute: u32,
+    /// Requests in flight at once, over all tenants.
+    pub max_concurrent_users: usize,
+}
+
+/// Authentication and rate limiting, as one middleware in front of the API routes.
+pub struct Gate {
+    pub keys: Keys,
+    per_minute: DefaultKeyedRateLimiter<String>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Gate {
+    pub fn new(keys: Keys, limits: RateLimits) -> Self {
+        let per_minute = NonZeroU32::new(limits.max_requests_per_minute.max(1)).expect("max(1) is non-zero. This is a bug.");
+        Gate {
+            keys,
+            per_minute: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            in_flight: Arc::new(Semaphore::new(limits.max_concurrent_users.max(1))),
+        }
+    }
+
+    fn admit(&self, headers: &HeaderMap) -> Result<(Tenant, tokio::sync::OwnedSemaphorePermit), ApiError> {
+        let tenant = self.keys.tenant(headers)?;
+        if let Err(not_until) = self.per_minute.check_key(&tenant.limiter_key()) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(ApiError::Busy { code: "rate_limited", message: "too many requests for this API key".into(), retry_after: wait });
+        }
+        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| ApiError::Busy {
+            code: "too_many_requests",
+            message: "too many requests in flight; retry shortly".into(),
+            retry_after: Duration::from_secs(1),
+        })?;
+        Ok((tenant, permit))
+    }
+}
+
+/// Puts the request's [`Tenant`] in its extensions, or answers 401 or 429.
+pub async fn gate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+    match gate.admit(req.headers()) {
+        Ok((tenant, permit)) => {
+            req.extensions_mut().insert(tenant);
+            let resp = next.run(req).await;
+            drop(permit);
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn keys_map_to_namespaces_or_labels() {
+        let keys = Keys::parse("alpha-key-1, beta-key-22=team-b", "jobs").unwrap();
+        let a = keys.tenant(&headers("authorization", "Bearer alpha-key-1")).unwrap();
+        assert_eq!(a, Tenant { namespace: "jobs".into(), label: Some(key_id("alpha-key-1")) });
+        let b = keys.tenant(&headers("x-api-key", "beta-key-22")).unwrap();
+        assert_eq!(b, Tenant { namespace: "team-b".into(), label: None });
+        assert!(matches!(keys.tenant(&headers("x-api-key", "nope-nope-nope")), Err(ApiError::Unauthorized)));
+        assert!(matches!(keys.tenant(&HeaderMap::new()), Err(ApiError::Unauthorized)));
+        assert_eq!(keys.namespaces(), ["jobs", "team-b"]);
+        assert_ne!(key_id("alpha-key-1"), key_id("alpha-key-2"));
+        assert!(!format!("{keys:?}").contains("alpha"));
+    }
+
+    #[test]
+    fn no_keys_means_one_anonymous_tenant() {
+        let keys = Keys::parse("", "jobs").unwrap();
+        assert_eq!(keys.tenant(&HeaderMap::new()).unwrap(), Tenant { namespace: "jobs".into(), label: None });
+        assert!(Keys::parse("short", "jobs").is_err());
+    }
+
+    #[test]
+    fn the_minute_quota_is_per_tenant() {
+        let keys = Keys::parse("alpha-key-1,beta-key-22", "jobs").unwrap();
+        let gate = Gate::new(keys, RateLimits { max_requests_per_minute: 2, max_concurrent_users: 10 });
+        let a = headers("x-api-key", "alpha-key-1");
+        assert!(gate.admit(&a).is_ok() && gate.admit(&a).is_ok());
+        match gate.admit(&a) {
+            Err(ApiError::Busy { code: "rate_limited", retry_after, .. }) => assert!(retry_after > Duration::ZERO),
+            other => panic!("{other:?}"),
+        }
+        assert!(gate.admit(&headers("x-api-key", "beta-key-22")).is_ok());
+    }
+}

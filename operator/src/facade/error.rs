@@ -1,0 +1,104 @@
+//! The one error type of the REST facade and its one status map. Every error answers
+//! with the same JSON shape, [`ErrorBody`]; 5xx bodies say only that something failed
+//! on our side, and the cause is logged here, once.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use inference_api::ErrorBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON at all.
+    #[error("{0}")]
+    Malformed(String),
+    /// 401: no API key, or one we do not know.
+    #[error("a valid API key is required (Authorization: Bearer KEY or X-API-Key: KEY)")]
+    Unauthorized,
+    /// 404: no such job, or not one this key may see.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the transition is not allowed from the job's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: more than the configured size.
+    #[error("{message}")]
+    TooLarge { field: Option<String>, message: String },
+    /// 422: a field holds a bad value.
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    /// 429: over the key's rate, too many requests at once, or the priority's queue is full.
+    #[error("{message}")]
+    Busy { code: &'static str, message: String, retry_after: Duration },
+    /// 503: no inference endpoint, or the API server is unreachable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a failure on our side; the cause is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn no_job(id: &str) -> Self {
+        ApiError::NotFound(format!("no job {id:?}"))
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid { field: field.into(), message: message.into() }
+    }
+
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Malformed(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+            ApiError::Busy { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<kube::Error> for ApiError {
+    fn from(e: kube::Error) -> Self {
+        match &e {
+            kube::Error::Api(s) if s.code == 422 => ApiError::invalid("spec", s.message.clone()),
+            kube::Error::Api(s) if s.code == 429 => {
+                ApiError::Busy { code: "api_server_busy", message: s.message.clone(), retry_after: Duration::from_secs(1) }
+            }
+            kube::Error::Api(_) => ApiError::Internal(e.to_string()),
+            _ => ApiError::Unavailable("the Kubernetes API server is unreachable".into()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status();
+        let (message, field) = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                ("internal error; see the facade's log".to_string(), None)
+            }
+            ApiError::Invalid { field, .. } => (self.to_string(), Some(field.clone())),
+            ApiError::TooLarge { field, .. } => (self.to_string(), field.clone()),
+            _ => (self.to_string(), None),
+        };
+        let mut resp = (status, axum::Json(ErrorBody { error: code.into(), message, field })).into_response();
+        if let ApiError::Busy { retry_after, .. } = &self {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

@@ -1,0 +1,257 @@
+//! Submissions, parsed at the edge: a request body becomes a [`Submission`] whose texts
+//! are known to be non-empty, within the limits and with a valid priority, or an
+//! [`ApiError`] naming the field at fault. Nothing past this module sees raw JSON.
+
+use serde::Deserialize;
+use serde_json::error::Category;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use crate::crd::{MAX_TEXT_CHARS, Priority};
+use crate::source::MAX_ID_CHARS as MAX_CUSTOM_ID_CHARS;
+
+/// What a request may carry.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The brief's `max_batch_size_per_request`.
+    pub max_texts: usize,
+    /// The brief's `max_text_length`, in characters.
+    pub max_text_length: usize,
+    pub max_timeout_seconds: u64,
+}
+
+/// The body of `POST /api/v1/batch/predict`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Texts, or items with `text` and an optional `custom_id` echoed in the results.
+    pub texts: Vec<TextItem>,
+    /// `high`, `medium` (default) or `low`.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Most texts sent to an inference server in one request (1–10,000).
+    #[serde(default)]
+    pub max_batch_size: Option<i64>,
+    /// Seconds until the job expires; default from the operator's configuration.
+    #[serde(default)]
+    pub timeout_seconds: Option<i64>,
+    /// The model the inference pool must serve; the job fails if it serves another.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TextItem {
+    Text(String),
+    Item {
+        text: String,
+        #[serde(default)]
+        custom_id: Option<String>,
+    },
+}
+
+/// The body of `POST /api/v1/predict`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    pub texts: Vec<String>,
+}
+
+/// A valid submission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub texts: Vec<String>,
+    /// Present when any item carried a `custom_id`.
+    pub ids: Option<Vec<Option<String>>>,
+    pub priority: Priority,
+    pub max_batch_size: Option<i32>,
+    pub timeout_seconds: Option<i32>,
+    pub model: Option<String>,
+}
+
+/// Parses JSON into `T`, naming the field at fault on error.
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            Category::Syntax | Category::Eof | Category::Io => ApiError::Malformed(format!("the body is not valid JSON: {inner}")),
+            Category::Data => ApiError::invalid(if field == "." { "body".to_string() } else { field }, inner.to_string()),
+        }
+    })
+}
+
+/// Checks the texts of any request against `limits`.
+fn check_texts<'t>(texts: impl ExactSizeIterator<Item = &'t str>, limits: &Limits) -> Result<(), ApiError> {
+    let n = texts.len();
+    if n == 0 {
+        return Err(ApiError::invalid("texts", "at least one text is required"));
+    }
+    if n > limits.max_texts {
+        return Err(ApiError::TooLarge {
+            field: Some("texts".into()),
+            message: format!("{n} texts exceed the maximum of {} per request", limits.max_texts),
+        });
+    }
+    let max_len = limits.max_text_length.min(MAX_TEXT_CHARS);
+    for (i, t) in texts.enumerate() {
+        if t.trim().is_empty() {
+            return Err(ApiError::invalid(format!("texts[{i}]"), "text is empty"));
+        }
+        let chars = t.chars().count();
+        if chars > max_len {
+            return Err(ApiError::invalid(format!("texts[{i}]"), format!("text has {chars} characters; the maximum is {max_len}")));
+        }
+    }
+    Ok(())
+}
+
+impl Submission {
+    pub fn decode(body: &[u8], limits: &Limits) -> Result<Self, ApiError> {
+        let req: BatchRequest = parse(body)?;
+        let mut texts = Vec::with_capacity(req.texts.len());
+        let mut ids = Vec::with_capacity(req.texts.len());
+        for item in req.texts {
+            let (text, id) = match item {
+                TextItem::Text(t) => (t, None),
+                TextItem::Item { text, custom_id } => (text, custom_id),
+            };
+            texts.push(text);
+            ids.push(id);
+        }
+        check_texts(texts.iter().map(String::as_str), limits)?;
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(id) = id.as_ref().filter(|id| id.is_empty() || id.chars().count() > MAX_CUSTOM_ID_CHARS) {
+                let why = format!("custom_id must have 1 to {MAX_CUSTOM_ID_CHARS} characters, not {}", id.chars().count());
+                return Err(ApiError::invalid(format!("texts[{i}].custom_id"), why));
+            }
+        }
+        let in_range = |field: &str, v: Option<i64>, max: u64| -> Result<Option<i32>, ApiError> {
+            match v {
+                None => Ok(None),
+                Some(v) if v >= 1 && (v as u64) <= max => Ok(Some(v as i32)),
+                Some(v) => Err(ApiError::invalid(field, format!("{v} is outside 1..={max}"))),
+            }
+        };
+        let model = match req.model {
+            Some(m) if m.is_empty() || m.len() > 253 => return Err(ApiError::invalid("model", "model must have 1 to 253 characters")),
+            m => m,
+        };
+        Ok(Submission {
+            ids: ids.iter().any(Option::is_some).then_some(ids),
+            texts,
+            priority: req.priority,
+            max_batch_size: in_range("max_batch_size", req.max_batch_size, 10_000)?,
+            timeout_seconds: in_range("timeout_seconds", req.timeout_seconds, limits.max_timeout_seconds.min(604_800))?,
+            model,
+        })
+    }
+}
+
+impl PredictRequest {
+    pub fn decode(body: &[u8], limits: &Limits) -> Result<Vec<String>, ApiError> {
+        let req: PredictRequest = parse(body)?;
+        check_texts(req.texts.iter().map(String::as_str), limits)?;
+        Ok(req.texts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_texts: 5, max_text_length: 20, max_timeout_seconds: 3600 };
+
+    /// (body, status, field) for every way a body can be wrong, and a few right ones.
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: &[(&str, Option<(u16, &str)>)] = &[
+            (r#"{"texts":["a"]}"#, None),
+            (r#"{"texts":[{"text":"a","custom_id":"x"},"b"],"priority":"low","max_batch_size":3,"timeout_seconds":60}"#, None),
+            (r#"{"texts":["a"]"#, Some((400, ""))),
+            (r#"{"texts": ["a", "#, Some((400, ""))),
+            (r#"{}"#, Some((422, "body"))),
+            (r#"[]"#, Some((422, "body"))),
+            (r#"{"texts":[]}"#, Some((422, "texts"))),
+            (r#"{"texts":["a","  "]}"#, Some((422, "texts[1]"))),
+            (r#"{"texts":["a",3]}"#, Some((422, "texts[1]"))),
+            (r#"{"texts":["a","aaaaaaaaaaaaaaaaaaaaa"]}"#, Some((422, "texts[1]"))),
+            (r#"{"texts":["a","b","c","d","e","f"]}"#, Some((413, "texts"))),
+            (r#"{"texts":["a"],"priority":"urgent"}"#, Some((422, "priority"))),
+            (r#"{"texts":["a"],"max_batch_size":0}"#, Some((422, "max_batch_size"))),
+            (r#"{"texts":["a"],"timeout_seconds":3601}"#, Some((422, "timeout_seconds"))),
+            (r#"{"texts":["a"],"timeout_seconds":1.5}"#, Some((422, "timeout_seconds"))),
+            (r#"{"texts":[{"text":"a","custom_id":""}]}"#, Some((422, "texts[0].custom_id"))),
+            (r#"{"texts":["a"],"model":""}"#, Some((422, "model"))),
+            (r#"{"texts":["a"],"prio":"high"}"#, Some((422, "prio"))),
+        ];
+        for (body, want) in cases {
+            let got = Submission::decode(body.as_bytes(), &LIMITS);
+            match (want, got) {
+                (None, Ok(_)) => {}
+                (Some((400, _)), Err(ApiError::Malformed(_))) => {}
+                (Some((422, f)), Err(ApiError::Invalid { field, .. })) => assert_eq!(field, *f, "{body}"),
+                (Some((413, f)), Err(ApiError::TooLarge { field, .. })) => assert_eq!(field.as_deref(), Some(*f), "{body}"),
+                (want, got) => panic!("{body}: wanted {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_kept_only_when_given() {
+        let s = Submission::decode(br#"{"texts":["a",{"text":"b","custom_id":"B"}]}"#, &LIMITS).unwrap();
+        assert_eq!(s.texts, ["a", "b"]);
+        assert_eq!(s.ids, Some(vec![None, Some("B".into())]));
+        assert_eq!(Submission::decode(br#"{"texts":["a"]}"#, &LIMITS).unwrap().ids, None);
+    }
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,30}".prop_map(Value::String),
+            prop_oneof![Just("high"), Just("low"), Just("texts"), Just("text"), Just("custom_id")].prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            let keys = prop_oneof![
+                Just("texts".to_string()),
+                Just("text".to_string()),
+                Just("custom_id".to_string()),
+                Just("priority".to_string()),
+                Just("max_batch_size".to_string()),
+                Just("timeout_seconds".to_string()),
+                "\\PC{0,8}"
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map(keys, inner, 0..6).prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Submission::decode(&body, &LIMITS);
+            let _ = PredictRequest::decode(&body, &LIMITS);
+        }
+
+        /// Whatever JSON arrives, an accepted submission is within every limit.
+        #[test]
+        fn accepted_submissions_are_within_limits(v in json()) {
+            let body = serde_json::to_vec(&v).unwrap();
+            if let Ok(s) = Submission::decode(&body, &LIMITS) {
+                prop_assert!(!s.texts.is_empty() && s.texts.len() <= LIMITS.max_texts);
+                prop_assert!(s.texts.iter().all(|t| !t.trim().is_empty() && t.chars().count() <= LIMITS.max_text_length));
+                prop_assert!(s.ids.as_ref().is_none_or(|ids| ids.len() == s.texts.len()));
+            }
+        }
+    }
+}

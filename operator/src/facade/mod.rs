@@ -1,0 +1,132 @@
+//! The REST facade: the brief's batch API for clients outside Kubernetes.
+//!
+//! Every job is a `SentimentBatch`; the facade keeps no job state of its own, so its
+//! replicas are interchangeable and `kubectl` and REST show the same jobs. It reads
+//! through a watch cache of the resources and writes with create and patch.
+//!
+//! # Layout
+//! - [`input`]: request bodies parsed into valid submissions, or errors naming the field.
+//! - [`wire`]: the brief's response documents, read off the resource.
+//! - [`jobs`]: the job routes and the synchronous `/api/v1/predict`.
+//! - [`stream`]: WebSocket and Server-Sent Events, from a watch on one job.
+//! - [`auth`]: API keys → tenants (namespace and label), rate limits.
+//! - [`error`]: the one error type and its status map.
+
+pub mod auth;
+pub mod error;
+pub mod input;
+pub mod jobs;
+pub mod stream;
+pub mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use kube::Client;
+use kube::runtime::reflector;
+use tokio::sync::watch;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::AsyncBatch;
+use crate::crd::SentimentBatch;
+use crate::endpoints::Endpoints;
+use crate::metrics::HttpMetrics;
+use auth::Gate;
+use input::Limits;
+
+/// Everything the routes share.
+pub struct Facade {
+    pub client: Client,
+    /// The watch cache of every job in the tenants' namespaces.
+    pub jobs: reflector::Store<SentimentBatch>,
+    pub cfg: AsyncBatch,
+    pub limits: Limits,
+    pub max_page_size: usize,
+    /// `spec.output` of jobs submitted here; `None` keeps results in ConfigMaps.
+    pub output: Option<String>,
+    pub endpoints: watch::Receiver<Endpoints>,
+    pub http: reqwest::Client,
+    pub next_endpoint: AtomicUsize,
+    /// The last non-zero throughput seen, as f64 bits.
+    pub last_tps: AtomicU64,
+    pub metrics: HttpMetrics,
+    /// The cache has its first full list.
+    pub ready: AtomicBool,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "KubeSentiment batch API", description = "Asynchronous batch sentiment analysis; every job is a SentimentBatch resource."),
+    paths(jobs::submit, jobs::status, jobs::results, jobs::cancel, jobs::queue, jobs::metrics, jobs::predict, stream::ws, stream::sse),
+    modifiers(&Security),
+    tags((name = "batch", description = "Batch jobs"), (name = "predict", description = "Synchronous prediction"))
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(facade: Arc<Facade>, gate: Arc<Gate>, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/api/v1/batch/predict", post(jobs::submit))
+        .route("/api/v1/batch/status/{job_id}", get(jobs::status))
+        .route("/api/v1/batch/results/{job_id}", get(jobs::results))
+        .route("/api/v1/batch/jobs/{job_id}", delete(jobs::cancel))
+        .route("/api/v1/batch/queue/status", get(jobs::queue))
+        .route("/api/v1/batch/metrics", get(jobs::metrics))
+        .route("/api/v1/batch/ws/{job_id}", get(stream::ws))
+        .route("/api/v1/batch/events/{job_id}", get(stream::sse))
+        .route("/api/v1/predict", post(jobs::predict))
+        .layer(middleware::from_fn_with_state(gate, auth::gate))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(30)));
+    Router::new()
+        .merge(api)
+        .route("/metrics", get(|State(f): State<Arc<Facade>>| async move { f.metrics.render() }))
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(facade.clone(), record))
+        .with_state(facade)
+}
+
+async fn ready(State(f): State<Arc<Facade>>) -> Response {
+    if f.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "unavailable", "message": "not yet synced with the API server"})),
+        )
+            .into_response()
+    }
+}
+
+/// Request count and latency by route template (never the raw URI).
+async fn record(State(f): State<Arc<Facade>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = req.method().to_string();
+    let t = Instant::now();
+    let resp = next.run(req).await;
+    f.metrics.observe(&method, &route, resp.status().as_u16(), t.elapsed());
+    resp
+}

@@ -1,0 +1,101 @@
+//! Following a job: a watch on its resource, as a WebSocket or as Server-Sent Events.
+//! Both send the status document on connect, again whenever it changes, and last the
+//! final state; then they close.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Extension, Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt};
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::Facade;
+use super::auth::Tenant;
+use super::error::ApiError;
+use super::wire::{self, BatchJobStatus};
+use crate::crd::SentimentBatch;
+
+/// The job's status documents, each different from the one before, ending with the
+/// first final one.
+fn follow(api: Api<SentimentBatch>, id: &str) -> impl Stream<Item = BatchJobStatus> + Send + 'static {
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={id}"));
+    let docs = watcher(api, cfg).default_backoff().applied_objects().filter_map(|ev| async move { ev.ok().map(|b| wire::status_of(&b)) });
+    let mut last: Option<BatchJobStatus> = None;
+    let changed = docs.filter(move |doc| {
+        let new = last.as_ref() != Some(doc);
+        last = Some(doc.clone());
+        async move { new }
+    });
+    // Pass the final document, then end at once (not on the next change, which never comes).
+    futures_util::stream::unfold((changed.boxed(), false), |(mut docs, ended)| async move {
+        if ended {
+            return None;
+        }
+        let doc = docs.next().await?;
+        let ended = doc.status.is_final();
+        Some((doc, (docs, ended)))
+    })
+}
+
+/// A job's status over a WebSocket.
+#[utoipa::path(get, path = "/api/v1/batch/ws/{job_id}", tag = "batch", params(("job_id" = String, Path)),
+    responses((status = 101, description = "WebSocket of BatchJobStatus documents, as text frames"), (status = 404, body = inference_api::ErrorBody)),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn ws(
+    State(f): State<Arc<Facade>>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    f.job(&tenant, &id).await?;
+    let docs = follow(Api::namespaced(f.client.clone(), &tenant.namespace), &id);
+    Ok(upgrade.on_upgrade(move |socket| send_all(socket, docs)).into_response())
+}
+
+async fn send_all(mut socket: WebSocket, docs: impl Stream<Item = BatchJobStatus>) {
+    let mut docs = std::pin::pin!(docs);
+    loop {
+        tokio::select! {
+            doc = docs.next() => match doc {
+                Some(doc) => {
+                    let text = serde_json::to_string(&doc).expect("a status serializes. This is a bug.");
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            // The client hung up (or sent something we ignore).
+            msg = socket.recv() => if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) { return },
+        }
+    }
+    let close = CloseFrame { code: close_code::NORMAL, reason: "job finished".into() };
+    let _ = socket.send(Message::Close(Some(close))).await;
+    // Wait briefly for the client's close, so the closing handshake completes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A job's status as Server-Sent Events (`event: status`).
+#[utoipa::path(get, path = "/api/v1/batch/events/{job_id}", tag = "batch", params(("job_id" = String, Path)),
+    responses((status = 200, description = "text/event-stream of `status` events, each a BatchJobStatus", content_type = "text/event-stream"),
+        (status = 404, body = inference_api::ErrorBody)),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn sse(State(f): State<Arc<Facade>>, Extension(tenant): Extension<Tenant>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    f.job(&tenant, &id).await?;
+    let docs = follow(Api::namespaced(f.client.clone(), &tenant.namespace), &id);
+    let events =
+        docs.map(|doc| Ok::<_, Infallible>(Event::default().event("status").json_data(doc).expect("a status serializes. This is a bug.")));
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}

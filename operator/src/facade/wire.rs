@@ -1,0 +1,243 @@
+//! The brief's JSON documents, field for field, and how each is read off a
+//! `SentimentBatch`. Nothing here is stored: every document is a view of the resource.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::crd::{Phase, Priority, SentimentBatch};
+use crate::store::ResultLine;
+
+/// The answer to a submission (202): the brief's `BatchJobResponse`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchJobResponse {
+    pub job_id: String,
+    pub status: JobState,
+    pub total_texts: i64,
+    /// From the measured throughput and the texts queued ahead at this priority or higher.
+    pub estimated_completion_seconds: i64,
+    /// Seconds since the Unix epoch.
+    pub created_at: f64,
+    pub priority: Priority,
+    pub progress_percentage: f64,
+}
+
+/// A job's state: the brief's `BatchJobStatus`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchJobStatus {
+    pub job_id: String,
+    pub status: JobState,
+    pub total_texts: i64,
+    pub processed_texts: i64,
+    pub failed_texts: i64,
+    pub progress_percentage: f64,
+    pub created_at: f64,
+    #[schema(required = true)]
+    pub started_at: Option<f64>,
+    #[schema(required = true)]
+    pub completed_at: Option<f64>,
+    #[schema(required = true)]
+    pub estimated_completion_seconds: Option<i64>,
+    pub priority: Priority,
+    /// Why a failed or expired job ended, else null.
+    #[schema(required = true)]
+    pub error: Option<String>,
+}
+
+/// The brief's job states; `Pending` → `pending`, `Running` → `processing`, and so on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl JobState {
+    pub fn of(phase: Phase) -> Self {
+        match phase {
+            Phase::Pending => JobState::Pending,
+            Phase::Running => JobState::Processing,
+            Phase::Succeeded => JobState::Completed,
+            Phase::Failed => JobState::Failed,
+            Phase::Cancelled => JobState::Cancelled,
+            Phase::Expired => JobState::Expired,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobState::Pending | JobState::Processing)
+    }
+}
+
+/// One page of results: the brief's results document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResultsPage {
+    pub job_id: String,
+    pub status: JobState,
+    /// The results of this page's input positions that are computed so far, in input order.
+    pub results: Vec<ResultItem>,
+    /// Texts in the job: pages cover input positions `0..total_results`.
+    pub total_results: i64,
+    pub page: usize,
+    pub page_size: usize,
+    pub has_more: bool,
+    #[schema(required = true)]
+    pub summary: Option<JobSummary>,
+}
+
+/// One text's result: the brief's per-result fields, plus its position and the client's
+/// id. A failed text has `error` and no prediction fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResultItem {
+    pub index: usize,
+    #[schema(required = true)]
+    pub custom_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_time_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_length: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<bool>,
+    /// Every label's score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<BTreeMap<String, f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<ResultLine> for ResultItem {
+    fn from(l: ResultLine) -> Self {
+        let p = l.prediction;
+        ResultItem {
+            index: l.index,
+            custom_id: l.id,
+            label: p.as_ref().map(|p| p.label.clone()),
+            score: p.as_ref().map(|p| p.score),
+            inference_time_ms: p.as_ref().map(|p| p.inference_time_ms),
+            model_name: p.as_ref().map(|p| p.model_name.clone()),
+            text_length: p.as_ref().map(|p| p.text_length),
+            backend: p.as_ref().map(|p| p.backend.clone()),
+            cached: p.as_ref().map(|p| p.cached),
+            scores: p.as_ref().map(|p| p.scores.clone()),
+            tokens: p.as_ref().map(|p| p.tokens),
+            truncated: p.as_ref().map(|p| p.truncated),
+            error: l.error,
+        }
+    }
+}
+
+/// The brief's summary, over the texts processed so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobSummary {
+    pub total_texts: i64,
+    pub successful_predictions: i64,
+    pub failed_predictions: i64,
+    pub success_rate: f64,
+    pub sentiment_distribution: BTreeMap<String, i64>,
+    pub average_confidence: f64,
+}
+
+fn epoch(t: &Time) -> f64 {
+    t.0.as_millisecond() as f64 / 1000.0
+}
+
+/// The job's id is the resource's name.
+pub fn status_of(batch: &SentimentBatch) -> BatchJobStatus {
+    let s = batch.status.clone().unwrap_or_default();
+    let state = JobState::of(batch.phase());
+    let error = matches!(state, JobState::Failed | JobState::Expired)
+        .then(|| s.conditions.iter().find(|c| c.type_ == "Complete").map(|c| format!("{}: {}", c.reason, c.message)))
+        .flatten();
+    BatchJobStatus {
+        job_id: batch.name_any(),
+        status: state,
+        // Before the operator has read the source, an inline batch's size is still known.
+        total_texts: if s.total_texts > 0 { s.total_texts } else { batch.spec.texts.as_ref().map_or(0, |t| t.len() as i64) },
+        processed_texts: s.processed_texts,
+        failed_texts: s.failed_texts,
+        progress_percentage: s.progress_percentage,
+        created_at: batch.metadata.creation_timestamp.as_ref().map_or_else(|| epoch(&Time(Timestamp::now())), epoch),
+        started_at: s.started_at.as_ref().map(epoch),
+        completed_at: s.completed_at.as_ref().map(epoch),
+        estimated_completion_seconds: s.estimated_completion_seconds,
+        priority: batch.spec.priority,
+        error,
+    }
+}
+
+pub fn summary_of(batch: &SentimentBatch) -> Option<JobSummary> {
+    let s = batch.status.as_ref()?;
+    let sum = s.summary.as_ref()?;
+    Some(JobSummary {
+        total_texts: s.total_texts,
+        successful_predictions: sum.successful_predictions,
+        failed_predictions: sum.failed_predictions,
+        success_rate: sum.success_rate,
+        sentiment_distribution: sum.sentiment_distribution.clone(),
+        average_confidence: sum.average_confidence,
+    })
+}
+
+/// `GET /api/v1/batch/queue/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueStatus {
+    pub priorities: BTreeMap<String, PriorityQueue>,
+    /// Jobs being processed now.
+    pub active_jobs: usize,
+    pub max_jobs: usize,
+    /// Ready inference endpoints.
+    pub inference_endpoints: usize,
+    /// Texts per second over the running jobs, from their progress.
+    pub throughput_tps: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PriorityQueue {
+    /// Jobs not yet final.
+    pub queued_jobs: usize,
+    /// Their texts not yet processed.
+    pub queued_texts: i64,
+    pub limit: usize,
+    /// `queued_jobs / limit`.
+    pub utilization: f64,
+}
+
+/// `GET /api/v1/batch/metrics`: the brief's metrics, over the jobs this key can see.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchMetrics {
+    pub total_jobs: usize,
+    /// Jobs by state.
+    pub jobs: BTreeMap<String, usize>,
+    pub jobs_by_priority: BTreeMap<String, usize>,
+    pub active_jobs: usize,
+    pub queue_size: usize,
+    pub total_texts: i64,
+    pub processed_texts: i64,
+    pub failed_texts: i64,
+    /// Successful texts over processed texts, over all jobs.
+    pub success_rate: f64,
+    /// Mean seconds from start to completion of finished jobs.
+    pub average_processing_time_seconds: f64,
+    pub throughput_tps: f64,
+    pub priority_limits: BTreeMap<String, usize>,
+}

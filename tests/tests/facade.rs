@@ -1,0 +1,548 @@
+//! The REST facade, black-box, against the real control plane, operator and inference
+//! server: the brief's curl flow field for field, every response checked against the
+//! served OpenAPI document, pagination, cancel, WebSocket and SSE streams, API keys,
+//! limits, a facade killed mid-job, and the Python client's own tests.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use kubesentiment_tests::stack::{Inference, Proc, facade, install_crds, operator, register, venv_bin};
+use kubesentiment_tests::{Cluster, TestNamespace, cluster, eventually, repo_root};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(180);
+
+/// The brief's documents, field for field (`../shared/reference/async-batch-feature-brief.md`).
+const JOB_RESPONSE: &[&str] =
+    &["job_id", "status", "total_texts", "estimated_completion_seconds", "created_at", "priority", "progress_percentage"];
+const JOB_STATUS: &[&str] = &[
+    "job_id",
+    "status",
+    "total_texts",
+    "processed_texts",
+    "failed_texts",
+    "progress_percentage",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "estimated_completion_seconds",
+    "priority",
+    "error",
+];
+const RESULTS: &[&str] = &["job_id", "results", "total_results", "page", "page_size", "has_more", "summary"];
+const RESULT: &[&str] = &["label", "score", "inference_time_ms", "model_name", "text_length", "backend", "cached"];
+const SUMMARY: &[&str] =
+    &["total_texts", "successful_predictions", "failed_predictions", "success_rate", "sentiment_distribution", "average_confidence"];
+
+fn keys(v: &Value) -> BTreeSet<&str> {
+    v.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default()
+}
+
+fn set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
+    names.iter().copied().collect()
+}
+
+/// One answer: status, headers and JSON body.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+/// A client of one facade, recording every JSON answer for the OpenAPI check.
+struct Rest {
+    url: String,
+    key: Option<String>,
+    http: reqwest::Client,
+    seen: std::sync::Mutex<Vec<(Method, String, u16, Value)>>,
+}
+
+impl Rest {
+    fn new(url: &str, key: Option<&str>) -> Rest {
+        Rest { url: url.into(), key: key.map(Into::into), http: reqwest::Client::new(), seen: Default::default() }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Answer> {
+        let mut req = self.http.request(method.clone(), format!("{}{path}", self.url));
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        let text = resp.text().await?;
+        let body: Value = serde_json::from_str(&text).with_context(|| format!("{method} {path} → {status}: not JSON: {text}"))?;
+        let route = path.split('?').next().unwrap_or(path).to_string();
+        self.seen.lock().unwrap().push((method, route, status, body.clone()));
+        Ok(Answer { status, headers, body })
+    }
+
+    async fn submit(&self, body: Value) -> Result<String> {
+        let a = self.call(Method::POST, "/api/v1/batch/predict", Some(body)).await?;
+        if a.status != 202 {
+            bail!("submit answered {}: {}", a.status, a.body);
+        }
+        Ok(a.body["job_id"].as_str().context("job_id")?.to_string())
+    }
+
+    async fn status(&self, id: &str) -> Result<Value> {
+        Ok(self.call(Method::GET, &format!("/api/v1/batch/status/{id}"), None).await?.body)
+    }
+
+    /// Waits until job `id` is final; returns its status document.
+    async fn finished(&self, id: &str) -> Result<Value> {
+        eventually(LONG, &format!("job {id} to finish"), || async move {
+            let s = self.status(id).await?;
+            Ok(matches!(s["status"].as_str(), Some("completed" | "failed" | "cancelled" | "expired")).then_some(s))
+        })
+        .await
+    }
+
+    /// Every result of job `id`, page by page.
+    async fn all_results(&self, id: &str, page_size: usize) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for page in 1.. {
+            let a = self.call(Method::GET, &format!("/api/v1/batch/results/{id}?page={page}&page_size={page_size}"), None).await?;
+            out.extend(a.body["results"].as_array().context("results")?.iter().cloned());
+            if !a.body["has_more"].as_bool().context("has_more")? {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A namespace with an inference server, an operator and a facade (`facade_args` added).
+struct Stack {
+    cluster: &'static Cluster,
+    ns: TestNamespace,
+    _inference: Inference,
+    _operator: Option<Proc>,
+    facade: Proc,
+    url: String,
+}
+
+async fn stack(prefix: &str, with_operator: bool, facade_args: &[&str], facade_env: &[(&str, &str)]) -> Option<Stack> {
+    let cluster = cluster()?;
+    install_crds(cluster).unwrap();
+    let ns = cluster.namespace(prefix).await.unwrap();
+    let inference = Inference::start(&[]).unwrap();
+    register(&ns, &[inference.port]).await.unwrap();
+    let operator = with_operator.then(|| operator(cluster, &ns.name, &[], &[]).unwrap());
+    let (facade, url) = facade(cluster, &ns.name, facade_args, facade_env).await.unwrap();
+    Some(Stack { cluster, ns, _inference: inference, _operator: operator, facade, url })
+}
+
+fn texts(n: usize) -> Vec<String> {
+    let base = ["I love this product, it works perfectly.", "Terrible service, I want a refund.", "It is okay, nothing special."];
+    (0..n).map(|i| format!("{} (review {i})", base[i % 3])).collect()
+}
+
+/// Checks `body`, answered to `method path` with `status`, against the OpenAPI `doc`.
+fn conforms(doc: &Value, method: &Method, path: &str, status: u16, body: &Value) -> Result<()> {
+    let (template, item) = doc["paths"]
+        .as_object()
+        .context("paths")?
+        .iter()
+        .find(|(t, _)| {
+            let (ts, ps): (Vec<_>, Vec<_>) = (t.split('/').collect(), path.split('/').collect());
+            ts.len() == ps.len() && ts.iter().zip(&ps).all(|(t, p)| t.starts_with('{') || t == p)
+        })
+        .with_context(|| format!("{path} is not in the OpenAPI document"))?;
+    let schema = &item[method.as_str().to_lowercase()]["responses"][status.to_string()]["content"]["application/json"]["schema"];
+    if schema.is_null() {
+        bail!("{method} {template}: no schema for status {status}");
+    }
+    // The response schema, with the document's components beside it for its $refs.
+    let root = json!({"allOf": [schema], "components": doc["components"].clone()});
+    let validator = jsonschema::validator_for(&root).map_err(|e| anyhow::anyhow!("{template}: bad schema: {e}"))?;
+    validator.validate(body).map_err(|e| anyhow::anyhow!("{method} {path} → {status} does not match the OpenAPI schema: {e}\n{body:#}"))
+}
+
+/// Checks every recorded answer against the schema the facade serves at /openapi.json;
+/// returns how many it checked.
+async fn check_against_openapi(rest: &Rest) -> Result<usize> {
+    let doc: Value = reqwest::get(format!("{}/openapi.json", rest.url)).await?.json().await?;
+    let seen = rest.seen.lock().unwrap().clone();
+    for (method, path, status, body) in &seen {
+        conforms(&doc, method, path, *status, body)?;
+        // The check can fail: the same answer with a field of the wrong shape does not conform.
+        if let Some(first) = body.as_object().and_then(|o| o.keys().next()) {
+            let mut broken = body.clone();
+            broken[first.as_str()] = json!({"bogus": true});
+            assert!(conforms(&doc, method, path, *status, &broken).is_err(), "{method} {path}: {broken} passed");
+        }
+    }
+    Ok(seen.len())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_briefs_curl_flow_field_for_field() {
+    let Some(s) = stack("rest-flow", true, &[], &[]).await else { return };
+    let rest = Rest::new(&s.url, None);
+
+    // Submit exactly the brief's example.
+    let brief = json!({"texts": ["I love this product! It is amazing.", "This is terrible and disappointing.", "It is okay, nothing special."],
+        "priority": "medium", "timeout_seconds": 300});
+    let a = rest.call(Method::POST, "/api/v1/batch/predict", Some(brief)).await.unwrap();
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(keys(&a.body), set(JOB_RESPONSE));
+    let id = a.body["job_id"].as_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "job_id {id} is a UUID");
+    assert_eq!(
+        (a.body["status"].as_str(), a.body["total_texts"].as_i64(), a.body["priority"].as_str()),
+        (Some("pending"), Some(3), Some("medium"))
+    );
+    assert!(a.body["estimated_completion_seconds"].as_i64().unwrap() >= 1);
+    assert_eq!(a.headers["location"], format!("/api/v1/batch/status/{id}").as_str());
+
+    // Submitted over REST, visible to kubectl.
+    let out = s.cluster.kubectl().args(["-n", &s.ns.name, "get", "sb", &id, "-o", "jsonpath={.spec.priority}"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "medium", "{}", String::from_utf8_lossy(&out.stderr));
+
+    let done = rest.finished(&id).await.unwrap();
+    assert_eq!(keys(&done), set(JOB_STATUS));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        (done["processed_texts"].as_i64(), done["failed_texts"].as_i64(), done["progress_percentage"].as_f64()),
+        (Some(3), Some(0), Some(100.0))
+    );
+    assert!(done["started_at"].as_f64().unwrap() >= done["created_at"].as_f64().unwrap() - 1.0);
+    assert!(done["completed_at"].as_f64().unwrap() >= done["started_at"].as_f64().unwrap());
+    assert!(done["error"].is_null());
+
+    let page = rest.call(Method::GET, &format!("/api/v1/batch/results/{id}"), None).await.unwrap().body;
+    assert!(keys(&page).is_superset(&set(RESULTS)), "{page}");
+    assert_eq!(
+        (page["total_results"].as_i64(), page["page"].as_i64(), page["page_size"].as_i64(), page["has_more"].as_bool()),
+        (Some(3), Some(1), Some(100), Some(false))
+    );
+    assert_eq!(keys(&page["summary"]), set(SUMMARY));
+    assert_eq!(page["summary"]["successful_predictions"], 3);
+    let results = page["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (i, r) in results.iter().enumerate() {
+        assert!(keys(r).is_superset(&set(RESULT)) && keys(r).contains("index") && keys(r).contains("custom_id"), "{r}");
+        assert_eq!(r["index"], i);
+    }
+    assert_eq!(results[0]["label"], "POSITIVE");
+    assert_eq!(results[1]["label"], "NEGATIVE");
+
+    // Applied with kubectl, readable over REST.
+    let manifest = json!({"apiVersion": "kubesentiment.io/v1alpha1", "kind": "SentimentBatch", "metadata": {"name": "from-kubectl"},
+        "spec": {"texts": ["What a wonderful day.", "Awful, just awful."], "priority": "high"}});
+    let mut apply = s.cluster.kubectl().args(["-n", &s.ns.name, "apply", "-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write as _;
+    apply.stdin.take().unwrap().write_all(manifest.to_string().as_bytes()).unwrap();
+    assert!(apply.wait().unwrap().success());
+    let done = rest.finished("from-kubectl").await.unwrap();
+    assert_eq!(
+        (done["status"].as_str(), done["priority"].as_str(), done["total_texts"].as_i64()),
+        (Some("completed"), Some("high"), Some(2))
+    );
+    let labels: Vec<_> =
+        rest.all_results("from-kubectl", 10).await.unwrap().iter().map(|r| r["label"].as_str().unwrap().to_string()).collect();
+    assert_eq!(labels, ["POSITIVE", "NEGATIVE"]);
+
+    // Queue, metrics, the synchronous baseline, errors.
+    let q = rest.call(Method::GET, "/api/v1/batch/queue/status", None).await.unwrap().body;
+    assert_eq!(keys(&q["priorities"]), set(&["high", "low", "medium"]));
+    assert_eq!(q["priorities"]["medium"]["limit"], 500);
+    assert_eq!(q["inference_endpoints"], 1);
+    let m = rest.call(Method::GET, "/api/v1/batch/metrics", None).await.unwrap().body;
+    assert_eq!((m["total_jobs"].as_u64(), m["jobs"]["completed"].as_u64(), m["processed_texts"].as_i64()), (Some(2), Some(2), Some(5)));
+    let p = rest.call(Method::POST, "/api/v1/predict", Some(json!({"texts": ["Great!", "Horrible."]}))).await.unwrap();
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(
+        p.body["results"].as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["POSITIVE", "NEGATIVE"]
+    );
+    let missing = rest.call(Method::GET, "/api/v1/batch/status/no-such-job", None).await.unwrap();
+    assert_eq!((missing.status, missing.body["error"].as_str()), (404, Some("not_found")));
+    let bad = rest.call(Method::POST, "/api/v1/batch/predict", Some(json!({"texts": ["ok", ""]}))).await.unwrap();
+    assert_eq!((bad.status, bad.body["field"].as_str()), (422, Some("texts[1]")));
+    let conflict = rest.call(Method::DELETE, &format!("/api/v1/batch/jobs/{id}"), None).await.unwrap();
+    assert_eq!((conflict.status, conflict.body["error"].as_str()), (409, Some("conflict")));
+
+    let checked = check_against_openapi(&rest).await.unwrap();
+    assert!(checked >= 12, "only {checked} answers checked");
+    let prom = reqwest::get(format!("{}/metrics", s.url)).await.unwrap().text().await.unwrap();
+    assert!(
+        prom.contains(r#"kubesentiment_http_requests_total{method="GET",route="/api/v1/batch/status/{job_id}",status="200"}"#),
+        "{prom}"
+    );
+    let docs = reqwest::get(format!("{}/docs/", s.url)).await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger"), "Swagger UI at /docs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_cancel_and_streams() {
+    let Some(s) = stack("rest-pages", true, &["--max-page-size", "120"], &[]).await else { return };
+    let rest = Rest::new(&s.url, None);
+
+    // 250 items with ids: the input goes to a ConfigMap the job owns.
+    let items: Vec<Value> = texts(250).into_iter().enumerate().map(|(i, t)| json!({"text": t, "custom_id": format!("c-{i}")})).collect();
+    let id = rest.submit(json!({"texts": items, "priority": "high"})).await.unwrap();
+    let src = s
+        .cluster
+        .kubectl()
+        .args(["-n", &s.ns.name, "get", "sb", &id, "-o", "jsonpath={.spec.source.configMapKeyRef.name}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&src.stdout), format!("{id}-input"));
+
+    // Follow it over a WebSocket and over SSE at once.
+    let ws = tokio::spawn(ws_docs(s.url.replace("http://", "ws://") + &format!("/api/v1/batch/ws/{id}")));
+    let sse = tokio::spawn(sse_docs(format!("{}/api/v1/batch/events/{id}", s.url)));
+    rest.finished(&id).await.unwrap();
+    for (what, docs) in [("ws", ws.await.unwrap().unwrap()), ("sse", sse.await.unwrap().unwrap())] {
+        let processed: Vec<i64> = docs.iter().map(|d| d["processed_texts"].as_i64().unwrap()).collect();
+        assert!(processed.windows(2).all(|w| w[0] <= w[1]), "{what}: progress goes back: {processed:?}");
+        assert_eq!(docs.last().unwrap()["status"], "completed", "{what} ends with the final state");
+        assert_eq!(docs.iter().filter(|d| d["status"] == "completed").count(), 1, "{what}: one final document");
+        assert!(docs.iter().all(|d| d["job_id"] == id.as_str()));
+    }
+
+    // Pages over input positions: 100, 100, 50; then an empty page; the size is capped.
+    let mut seen = Vec::new();
+    for (page, len, more) in [(1, 100, true), (2, 100, true), (3, 50, false), (4, 0, false)] {
+        let a = rest.call(Method::GET, &format!("/api/v1/batch/results/{id}?page={page}&page_size=100"), None).await.unwrap();
+        let results = a.body["results"].as_array().unwrap();
+        assert_eq!(
+            (results.len(), a.body["has_more"].as_bool(), a.body["total_results"].as_i64()),
+            (len, Some(more), Some(250)),
+            "page {page}"
+        );
+        seen.extend(results.iter().map(|r| (r["index"].as_u64().unwrap(), r["custom_id"].as_str().unwrap().to_string())));
+    }
+    assert_eq!(seen, (0..250).map(|i| (i, format!("c-{i}"))).collect::<Vec<_>>());
+    let capped = rest.call(Method::GET, &format!("/api/v1/batch/results/{id}?page=2&page_size=100000"), None).await.unwrap().body;
+    assert_eq!(
+        (capped["page_size"].as_u64(), capped["results"].as_array().unwrap().len(), capped["results"][0]["index"].as_u64()),
+        (Some(120), 120, Some(120))
+    );
+    for (query, field) in [("page=0", "page"), ("page_size=0", "page_size"), ("page=abc", "query")] {
+        let a = rest.call(Method::GET, &format!("/api/v1/batch/results/{id}?{query}"), None).await.unwrap();
+        assert_eq!((a.status, a.body["field"].as_str()), (422, Some(field)), "{query}");
+    }
+
+    // Cancel a big job at once: it ends cancelled, and cancelling again is a conflict.
+    let long: Vec<String> = texts(1000).into_iter().map(|t| t.repeat(8)).collect();
+    let id = rest.submit(json!({"texts": long, "priority": "low"})).await.unwrap();
+    let a = rest.call(Method::DELETE, &format!("/api/v1/batch/jobs/{id}"), None).await.unwrap();
+    assert_eq!(a.status, 202, "{}", a.body);
+    let done = rest.finished(&id).await.unwrap();
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(done["processed_texts"].as_i64().unwrap() < 1000);
+    let again = rest.call(Method::DELETE, &format!("/api/v1/batch/jobs/{id}"), None).await.unwrap();
+    assert_eq!(again.status, 409);
+    let missing = rest.call(Method::DELETE, "/api/v1/batch/jobs/nope", None).await.unwrap();
+    assert_eq!(missing.status, 404);
+    check_against_openapi(&rest).await.unwrap();
+}
+
+/// Every text frame of a job's WebSocket, until the server closes it normally.
+async fn ws_docs(url: String) -> Result<Vec<Value>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    let mut docs = Vec::new();
+    while let Some(msg) = socket.next().await {
+        match msg? {
+            Message::Text(t) => docs.push(serde_json::from_str(&t)?),
+            Message::Close(frame) => {
+                let code = frame.map(|f| u16::from(f.code));
+                if code != Some(1000) {
+                    bail!("closed with {code:?}");
+                }
+                return Ok(docs);
+            }
+            _ => {}
+        }
+    }
+    bail!("the stream ended without a close frame after {} documents", docs.len())
+}
+
+/// Every `status` event of a job's SSE stream, until the server ends it.
+async fn sse_docs(url: String) -> Result<Vec<Value>> {
+    let mut resp = reqwest::get(url).await?;
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut buf = String::new();
+    while let Some(chunk) = resp.chunk().await? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let mut docs = Vec::new();
+    for event in buf.split("\n\n") {
+        if event.lines().any(|l| l == "event: status") {
+            let data = event.lines().find_map(|l| l.strip_prefix("data: ")).context("data")?;
+            docs.push(serde_json::from_str(data)?);
+        }
+    }
+    Ok(docs)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_isolate_tenants_and_limits_answer_in_json() {
+    // No operator: jobs stay pending, so the queue limit is reached deterministically.
+    let keys = "alpha-key-0001,beta-key-0002,gamma-key-0003";
+    let env = [("KUBESENTIMENT_API_KEYS", keys), ("KUBESENTIMENT_RATE_LIMIT_PER_MINUTE", "30")];
+    let Some(s) = stack("rest-keys", false, &["--priority-high-limit", "1", "--max-body-bytes", "65536"], &env).await else { return };
+    let (alpha, beta, gamma) =
+        (Rest::new(&s.url, Some("alpha-key-0001")), Rest::new(&s.url, Some("beta-key-0002")), Rest::new(&s.url, Some("gamma-key-0003")));
+
+    // 401 without a key or with a wrong one; X-API-Key works as well as Bearer.
+    for key in [None, Some("wrong-key-9999")] {
+        let a = Rest::new(&s.url, key).call(Method::GET, "/api/v1/batch/queue/status", None).await.unwrap();
+        assert_eq!((a.status, a.body["error"].as_str()), (401, Some("unauthorized")));
+    }
+    let x =
+        reqwest::Client::new().get(format!("{}/api/v1/batch/metrics", s.url)).header("X-API-Key", "beta-key-0002").send().await.unwrap();
+    assert_eq!(x.status(), 200);
+
+    // A key sees only its own jobs.
+    let id = alpha.submit(json!({"texts": ["mine"], "priority": "high"})).await.unwrap();
+    assert_eq!(alpha.status(&id).await.unwrap()["status"], "pending");
+    for path in [format!("/api/v1/batch/status/{id}"), format!("/api/v1/batch/results/{id}")] {
+        assert_eq!(beta.call(Method::GET, &path, None).await.unwrap().status, 404, "{path}");
+    }
+    assert_eq!(beta.call(Method::DELETE, &format!("/api/v1/batch/jobs/{id}"), None).await.unwrap().status, 404);
+    let ws = tokio_tungstenite::connect_async(
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            s.url.replace("http://", "ws://") + &format!("/api/v1/batch/ws/{id}"),
+        )
+        .map(|mut r| {
+            r.headers_mut().insert("x-api-key", "beta-key-0002".parse().unwrap());
+            r
+        })
+        .unwrap(),
+    )
+    .await;
+    assert!(ws.is_err(), "beta cannot follow alpha's job");
+    assert_eq!(beta.call(Method::GET, "/api/v1/batch/metrics", None).await.unwrap().body["total_jobs"], 0);
+    assert_eq!(alpha.call(Method::GET, "/api/v1/batch/metrics", None).await.unwrap().body["total_jobs"], 1);
+
+    // The high queue admits one job: the next is refused until there is room.
+    let full = beta.call(Method::POST, "/api/v1/batch/predict", Some(json!({"texts": ["x"], "priority": "high"}))).await.unwrap();
+    assert_eq!((full.status, full.body["error"].as_str()), (429, Some("queue_full")), "{}", full.body);
+    assert!(full.headers.contains_key("retry-after"));
+
+    // 413 for too many texts and for too large a body; 422 names the field.
+    let many = beta.call(Method::POST, "/api/v1/batch/predict", Some(json!({"texts": texts(1001)}))).await.unwrap();
+    assert_eq!((many.status, many.body["field"].as_str()), (413, Some("texts")));
+    let huge = beta.call(Method::POST, "/api/v1/batch/predict", Some(json!({"texts": ["x".repeat(70_000)]}))).await.unwrap();
+    assert_eq!((huge.status, huge.body["error"].as_str()), (413, Some("too_large")));
+    let bad = beta.call(Method::POST, "/api/v1/batch/predict", Some(json!({"texts": ["a"], "priority": "urgent"}))).await.unwrap();
+    assert_eq!((bad.status, bad.body["field"].as_str()), (422, Some("priority")));
+    let broken = reqwest::Client::new()
+        .post(format!("{}/api/v1/batch/predict", s.url))
+        .bearer_auth("beta-key-0002")
+        .body("{\"texts\": [")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(broken.status(), 400);
+
+    // 30 requests a minute per key: gamma runs out, with Retry-After; alpha does not.
+    let mut limited = None;
+    for _ in 0..31 {
+        let a = gamma.call(Method::GET, "/api/v1/batch/queue/status", None).await.unwrap();
+        if a.status == 429 {
+            limited = Some(a);
+            break;
+        }
+    }
+    let limited = limited.expect("the 31st request in a minute is refused");
+    assert_eq!(limited.body["error"], "rate_limited");
+    assert!(limited.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(alpha.call(Method::GET, "/api/v1/batch/queue/status", None).await.unwrap().status, 200);
+
+    // Unkeyed paths stay open.
+    assert_eq!(reqwest::get(format!("{}/health/ready", s.url)).await.unwrap().status(), 200);
+    check_against_openapi(&beta).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_facade_killed_mid_job_loses_nothing() {
+    let Some(mut s) = stack("rest-restart", true, &[], &[]).await else { return };
+    let id = Rest::new(&s.url, None).submit(json!({"texts": texts(1000)})).await.unwrap();
+    s.facade.kill9();
+    let (proc, url) = facade(s.cluster, &s.ns.name, &[], &[]).await.unwrap();
+    let rest = Rest::new(&url, None);
+    let done = rest.finished(&id).await.unwrap();
+    assert_eq!((done["status"].as_str(), done["processed_texts"].as_i64()), (Some("completed"), Some(1000)));
+    let results = rest.all_results(&id, 300).await.unwrap();
+    assert_eq!(results.iter().map(|r| r["index"].as_u64().unwrap()).collect::<Vec<_>>(), (0..1000).collect::<Vec<_>>());
+    assert!(results.iter().all(|r| r["label"].is_string()));
+    drop(proc);
+}
+
+/// Applies `e2e/rbac/facade.yaml` in the stack's namespace and writes a kubeconfig that
+/// acts as its ServiceAccount.
+fn as_facade_service_account(s: &Stack) -> std::path::PathBuf {
+    let kubectl = |args: &[&str], stdin: Option<String>| {
+        let mut cmd = s.cluster.kubectl();
+        cmd.args(["-n", &s.ns.name]).args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let rbac = std::fs::read_to_string(repo_root().join("e2e/rbac/facade.yaml")).unwrap();
+    assert!(kubectl(&["apply", "-f", "-"], Some(rbac.replace("namespace: kubesentiment-system", &format!("namespace: {}", s.ns.name)))).0);
+    // Exactly what it needs: refused what it does not.
+    let sa = format!("system:serviceaccount:{}:kubesentiment-facade", s.ns.name);
+    for (verb, resource, allowed) in [
+        ("create", "sentimentbatches.kubesentiment.io", "yes"),
+        ("patch", "sentimentbatches.kubesentiment.io", "yes"),
+        ("watch", "sentimentbatches.kubesentiment.io", "yes"),
+        ("delete", "sentimentbatches.kubesentiment.io", "no"),
+        ("update", "sentimentbatches.kubesentiment.io", "no"),
+        ("patch", "sentimentbatches.kubesentiment.io/status", "no"),
+        ("delete", "configmaps", "no"),
+        ("get", "secrets", "no"),
+        ("list", "endpointslices.discovery.k8s.io", "yes"),
+    ] {
+        let (resource, sub) = resource.split_once('/').map_or((resource, ""), |(r, s)| (r, s));
+        let (_, answer) = kubectl(&["auth", "can-i", verb, resource, &format!("--subresource={sub}"), "--as", &sa], None);
+        assert_eq!(answer, allowed, "can the facade {verb} {resource}?");
+    }
+    let (ok, token) = kubectl(&["create", "token", "kubesentiment-facade"], None);
+    assert!(ok && !token.is_empty());
+    let path = std::env::temp_dir().join(format!("ks-facade-sa-{}.kubeconfig", s.ns.name));
+    std::fs::copy(&s.cluster.kubeconfig, &path).unwrap();
+    let config = |args: &[&str]| assert!(s.cluster.kubectl().env("KUBECONFIG", &path).arg("config").args(args).status().unwrap().success());
+    config(&["set-credentials", "facade", &format!("--token={token}")]);
+    config(&["set-context", "--current", "--user=facade"]);
+    path
+}
+
+/// The Python client's pytest suite, against a real facade running as its least-privilege
+/// ServiceAccount.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_client() {
+    let Some(mut s) = stack("rest-python", true, &[], &[]).await else { return };
+    s.facade.kill9();
+    let kubeconfig = as_facade_service_account(&s);
+    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap()), ("KUBESENTIMENT_API_KEYS", "py-client-key-1")];
+    let (proc, url) = facade(s.cluster, &s.ns.name, &[], &env).await.unwrap();
+    (s.facade, s.url) = (proc, url);
+    let python = venv_bin("python").unwrap();
+    let client = repo_root().join("clients/python");
+    let out = std::process::Command::new(python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+        .current_dir(&client)
+        .env("PYTHONPATH", client.join("src"))
+        .env("KUBESENTIMENT_API", &s.url)
+        .env("KUBESENTIMENT_API_KEY", "py-client-key-1")
+        .output()
+        .unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "pytest failed:\n{log}\nfacade log:\n{}", s.facade.output());
+    assert!(log.contains(" passed"), "{log}");
+}
