@@ -504,7 +504,7 @@ fn as_facade_service_account(s: &Stack) -> std::path::PathBuf {
         ("delete", "sentimentbatches.kubesentiment.io", "no"),
         ("update", "sentimentbatches.kubesentiment.io", "no"),
         ("patch", "sentimentbatches.kubesentiment.io/status", "no"),
-        ("delete", "configmaps", "no"),
+        ("update", "configmaps", "no"),
         ("get", "secrets", "no"),
         ("list", "endpointslices.discovery.k8s.io", "yes"),
     ] {

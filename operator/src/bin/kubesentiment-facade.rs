@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     {
-        let (stop, facade) = (stop.clone(), facade.clone());
+        let stop = stop.clone();
         tokio::spawn(async move {
             let mut cache = std::pin::pin!(cache);
             loop {
@@ -133,7 +133,6 @@ async fn main() -> anyhow::Result<()> {
                     },
                 }
             }
-            drop(facade);
         });
     }
     {

@@ -216,4 +216,13 @@ mod tests {
         }
         assert!(gate.admit(&headers("x-api-key", "beta-key-22")).is_ok());
     }
+
+    #[test]
+    fn requests_in_flight_are_bounded() {
+        let gate = Gate::new(Keys::parse("", "jobs").unwrap(), RateLimits { max_requests_per_minute: 100, max_concurrent_users: 1 });
+        let held = gate.admit(&HeaderMap::new()).unwrap();
+        assert!(matches!(gate.admit(&HeaderMap::new()), Err(ApiError::Busy { code: "too_many_requests", .. })));
+        drop(held);
+        assert!(gate.admit(&HeaderMap::new()).is_ok());
+    }
 }

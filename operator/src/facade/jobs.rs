@@ -190,7 +190,18 @@ async fn create(f: &Facade, tenant: &Tenant, sub: Submission) -> Result<Sentimen
     let mut batch = SentimentBatch::new(&name, spec);
     batch.metadata.labels = Some(labels);
     batch.metadata.annotations = Some([(SUBMITTED_BY.to_string(), "rest".to_string())].into());
-    let batch = f.api(tenant).create(&PostParams::default(), &batch).await?;
+    let batch = match f.api(tenant).create(&PostParams::default(), &batch).await {
+        Ok(b) => b,
+        Err(e) => {
+            // No job will own the input: remove it rather than leave it behind.
+            if input.is_some() {
+                if let Err(e) = cms.delete(&format!("{name}-input"), &Default::default()).await {
+                    tracing::warn!(job = %name, error = %e, "could not delete the input ConfigMap of a job never created");
+                }
+            }
+            return Err(e.into());
+        }
+    };
     if input.is_some() {
         // The job owns its input, so deleting the job deletes it.
         let owner = batch.controller_owner_ref(&()).expect("a created batch has a name and UID. This is a bug.");
