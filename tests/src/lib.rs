@@ -110,6 +110,24 @@ impl Cluster {
         c
     }
 
+    /// A kubeconfig that acts as ServiceAccount `name` of `namespace` (a fresh token), to
+    /// run a component with exactly the RBAC it would have in a pod.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let out = self.kubectl().args(["-n", namespace, "create", "token", name]).output()?;
+        anyhow::ensure!(out.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8(out.stdout)?;
+        let path = std::env::temp_dir().join(format!("ks-{namespace}-{name}.kubeconfig"));
+        std::fs::copy(&self.kubeconfig, &path)?;
+        for args in [
+            vec!["set-credentials".to_string(), "sa".into(), format!("--token={}", token.trim())],
+            vec!["set-context".into(), "--current".into(), "--user=sa".into()],
+        ] {
+            let out = self.kubectl().env("KUBECONFIG", &path).arg("config").args(&args).output()?;
+            anyhow::ensure!(out.status.success(), "kubectl config {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(path)
+    }
+
     /// A fresh namespace `prefix-<unique>` and a client for it.
     pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
         let client = self.client().await?;

@@ -1,13 +1,13 @@
 //! The Helm chart against the real API server: lint (default and every option on), the
 //! values schema refusing bad values, server-side dry-run of everything it renders, the
 //! alert rules through promtool, and a real `helm install` whose ServiceAccounts can do
-//! exactly what the operator and the facade need (`kubectl auth can-i`); hadolint on the
-//! Dockerfiles.
+//! exactly what the operator and the facade need (`kubectl auth can-i`, then each run as
+//! its ServiceAccount through a whole job); hadolint on the Dockerfiles.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use kubesentiment_tests::stack::install_crds;
+use kubesentiment_tests::stack::{Inference, Proc, install_crds, release_bin};
 use kubesentiment_tests::{Cluster, cluster, repo_root};
 
 fn chart() -> PathBuf {
@@ -178,7 +178,8 @@ async fn the_chart_lints_validates_and_installs() {
     // A real install with the defaults: the CRD, the Deployments and least-privilege RBAC.
     let ns = cluster.namespace("chart-install").await.unwrap();
     let release = format!("ks{}", std::process::id());
-    let (ok, out, err) = helm(cluster, &["install", &release, chart, "-n", &ns.name]);
+    let watch = format!("operator.watchNamespace={0},facade.jobsNamespace={0}", jobs_ns.name);
+    let (ok, out, err) = helm(cluster, &["install", &release, chart, "-n", &ns.name, "--set", &watch]);
     assert!(ok, "helm install:\n{out}{err}");
     assert!(out.contains("kubectl get sb"), "NOTES.txt: {out}");
     let (ok, deployments, _) = kubectl(cluster, &["-n", &ns.name, "get", "deployments", "-o", "name"], "");
@@ -203,16 +204,20 @@ async fn the_chart_lints_validates_and_installs() {
         ("operator", "delete", "sentimentbatches.kubesentiment.io", other, false),
         ("operator", "create", "sentimentbatches.kubesentiment.io", other, false),
         ("operator", "list", "secrets", other, false),
+        ("operator", "list", "sentimentbatches.kubesentiment.io", &ns.name, false),
         ("operator", "create", "secrets", other, false),
         ("operator", "patch", "leases.coordination.k8s.io", other, false),
         ("operator", "update", "deployments.apps", &ns.name, false),
-        ("facade", "create", "sentimentbatches.kubesentiment.io", &ns.name, true),
-        ("facade", "patch", "sentimentbatches.kubesentiment.io", &ns.name, true),
-        ("facade", "create", "configmaps", &ns.name, true),
-        ("facade", "delete", "sentimentbatches.kubesentiment.io", &ns.name, false),
-        ("facade", "get", "secrets", &ns.name, false),
-        ("facade", "patch", "sentimentbatches.kubesentiment.io/status", &ns.name, false),
-        ("facade", "list", "sentimentbatches.kubesentiment.io", other, false),
+        ("facade", "create", "sentimentbatches.kubesentiment.io", other, true),
+        ("facade", "patch", "sentimentbatches.kubesentiment.io", other, true),
+        ("facade", "watch", "sentimentbatches.kubesentiment.io", other, true),
+        ("facade", "create", "configmaps", other, true),
+        ("facade", "list", "endpointslices.discovery.k8s.io", &ns.name, true),
+        ("facade", "delete", "sentimentbatches.kubesentiment.io", other, false),
+        ("facade", "update", "configmaps", other, false),
+        ("facade", "get", "secrets", other, false),
+        ("facade", "patch", "sentimentbatches.kubesentiment.io/status", other, false),
+        ("facade", "list", "sentimentbatches.kubesentiment.io", &ns.name, false),
     ] {
         let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
         let (_, answer, _) =
@@ -220,6 +225,70 @@ async fn the_chart_lints_validates_and_installs() {
         let want = if allowed { "yes" } else { "no" };
         assert_eq!(answer.trim(), want, "can the {who} {verb} {resource}/{sub} in {namespace}?");
     }
+    // And it is enough: an operator running as that ServiceAccount runs a batch to the end.
+    let kubeconfig = cluster.service_account_kubeconfig(&ns.name, &format!("{release}-operator")).unwrap();
+    let inference = Inference::start(&[]).unwrap();
+    let slice = serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{release}-inference-local"), "labels": {"kubernetes.io/service-name": format!("{release}-inference")}},
+        "addressType": "FQDN", "ports": [{"name": "http", "port": inference.port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["inference-0.localhost"], "conditions": {"ready": true}}]});
+    assert!(kubectl(cluster, &["-n", &ns.name, "apply", "-f", "-"], &slice.to_string()).0);
+    let mut cmd = Command::new(release_bin("kubesentiment-operator"));
+    cmd.env("KUBECONFIG", &kubeconfig).args([
+        "--watch-namespace",
+        other,
+        "--inference-service",
+        &format!("{}/{release}-inference", ns.name),
+    ]);
+    cmd.args(["--lease-namespace", &ns.name, "--lease-duration-seconds", "4", "--host", "127.0.0.1", "--port", "0"]);
+    let mut operator = Proc::spawn("chart-operator", cmd).unwrap();
+    operator.wait_for("leading as ", std::time::Duration::from_secs(30)).unwrap();
+    let batch = serde_json::json!({"apiVersion": "kubesentiment.io/v1alpha1", "kind": "SentimentBatch", "metadata": {"name": "rbac"},
+        "spec": {"texts": ["Works with least privilege.", "Nothing was refused."]}});
+    assert!(kubectl(cluster, &["-n", other, "apply", "-f", "-"], &batch.to_string()).0);
+    let (ok, _, err) =
+        kubectl(cluster, &["-n", other, "wait", "--for=jsonpath={.status.phase}=Succeeded", "sb/rbac", "--timeout=120s"], "");
+    assert!(ok, "{err}\noperator log:\n{}", operator.output());
+    assert!(!operator.output().contains("forbidden"), "{}", operator.output());
+
+    // The same for the facade: submit over REST (ids, so the input goes to a ConfigMap),
+    // follow, read results and classify synchronously, as its ServiceAccount.
+    let kubeconfig = cluster.service_account_kubeconfig(&ns.name, &format!("{release}-facade")).unwrap();
+    let mut cmd = Command::new(release_bin("kubesentiment-facade"));
+    cmd.env("KUBECONFIG", &kubeconfig).env_remove("KUBESENTIMENT_API_KEYS");
+    cmd.args([
+        "--namespace",
+        other,
+        "--inference-service",
+        &format!("{}/{release}-inference", ns.name),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]);
+    let mut facade = Proc::spawn("chart-facade", cmd).unwrap();
+    let api = format!("http://{}", facade.wait_for("listening on ", std::time::Duration::from_secs(30)).unwrap());
+    let http = reqwest::Client::new();
+    let submit = serde_json::json!({"texts": [{"text": "Great service.", "custom_id": "a"}, {"text": "Dreadful.", "custom_id": "b"}]});
+    let job: serde_json::Value = http.post(format!("{api}/api/v1/batch/predict")).json(&submit).send().await.unwrap().json().await.unwrap();
+    let id = job["job_id"].as_str().unwrap_or_else(|| panic!("{job}\n{}", facade.output())).to_string();
+    let status = kubesentiment_tests::eventually(std::time::Duration::from_secs(120), "the REST job to complete", || {
+        let (http, url) = (http.clone(), format!("{api}/api/v1/batch/status/{id}"));
+        async move {
+            let s: serde_json::Value = http.get(url).send().await?.json().await?;
+            Ok((s["status"] == "completed").then_some(s))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status["processed_texts"], 2);
+    let page: serde_json::Value = http.get(format!("{api}/api/v1/batch/results/{id}")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<_> = page["results"].as_array().unwrap().iter().map(|r| r["custom_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, ["a", "b"], "{page}");
+    let sync = http.post(format!("{api}/api/v1/predict")).json(&serde_json::json!({"texts": ["Fine."]})).send().await.unwrap();
+    assert_eq!(sync.status(), 200);
+    assert!(!facade.output().contains("forbidden"), "{}", facade.output());
+
     // The generated API key is kept across an upgrade.
     let key =
         || kubectl(cluster, &["-n", &ns.name, "get", "secret", &format!("{release}-api-keys"), "-o", "jsonpath={.data.api-keys}"], "").1;

@@ -481,57 +481,10 @@ async fn a_facade_killed_mid_job_loses_nothing() {
     drop(proc);
 }
 
-/// Applies `e2e/rbac/facade.yaml` in the stack's namespace and writes a kubeconfig that
-/// acts as its ServiceAccount.
-fn as_facade_service_account(s: &Stack) -> std::path::PathBuf {
-    let kubectl = |args: &[&str], stdin: Option<String>| {
-        let mut cmd = s.cluster.kubectl();
-        cmd.args(["-n", &s.ns.name]).args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    let rbac = std::fs::read_to_string(repo_root().join("e2e/rbac/facade.yaml")).unwrap();
-    assert!(kubectl(&["apply", "-f", "-"], Some(rbac.replace("namespace: kubesentiment-system", &format!("namespace: {}", s.ns.name)))).0);
-    // Exactly what it needs: refused what it does not.
-    let sa = format!("system:serviceaccount:{}:kubesentiment-facade", s.ns.name);
-    for (verb, resource, allowed) in [
-        ("create", "sentimentbatches.kubesentiment.io", "yes"),
-        ("patch", "sentimentbatches.kubesentiment.io", "yes"),
-        ("watch", "sentimentbatches.kubesentiment.io", "yes"),
-        ("delete", "sentimentbatches.kubesentiment.io", "no"),
-        ("update", "sentimentbatches.kubesentiment.io", "no"),
-        ("patch", "sentimentbatches.kubesentiment.io/status", "no"),
-        ("update", "configmaps", "no"),
-        ("get", "secrets", "no"),
-        ("list", "endpointslices.discovery.k8s.io", "yes"),
-    ] {
-        let (resource, sub) = resource.split_once('/').map_or((resource, ""), |(r, s)| (r, s));
-        let (_, answer) = kubectl(&["auth", "can-i", verb, resource, &format!("--subresource={sub}"), "--as", &sa], None);
-        assert_eq!(answer, allowed, "can the facade {verb} {resource}?");
-    }
-    let (ok, token) = kubectl(&["create", "token", "kubesentiment-facade"], None);
-    assert!(ok && !token.is_empty());
-    let path = std::env::temp_dir().join(format!("ks-facade-sa-{}.kubeconfig", s.ns.name));
-    std::fs::copy(&s.cluster.kubeconfig, &path).unwrap();
-    let config = |args: &[&str]| assert!(s.cluster.kubectl().env("KUBECONFIG", &path).arg("config").args(args).status().unwrap().success());
-    config(&["set-credentials", "facade", &format!("--token={token}")]);
-    config(&["set-context", "--current", "--user=facade"]);
-    path
-}
-
-/// The Python client's pytest suite, against a real facade running as its least-privilege
-/// ServiceAccount.
+/// The Python client's pytest suite, against a real facade.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_client() {
-    let Some(mut s) = stack("rest-python", true, &[], &[]).await else { return };
-    s.facade.kill9();
-    let kubeconfig = as_facade_service_account(&s);
-    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap()), ("KUBESENTIMENT_API_KEYS", "py-client-key-1")];
-    let (proc, url) = facade(s.cluster, &s.ns.name, &[], &env).await.unwrap();
-    (s.facade, s.url) = (proc, url);
+    let Some(s) = stack("rest-python", true, &[], &[("KUBESENTIMENT_API_KEYS", "py-client-key-1")]).await else { return };
     let python = venv_bin("python").unwrap();
     let client = repo_root().join("clients/python");
     let out = std::process::Command::new(python)
