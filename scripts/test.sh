@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: installs everything the tests need (model assets, the
-# local Kubernetes control plane, helm and promtool), starts one control plane for the
+# local Kubernetes control plane, helm and rulecheck), starts one control plane for the
 # whole run, and runs every test against it. Builds go to a target directory outside
 # the clone, so later runs reuse them.
 set -euo pipefail
@@ -12,7 +12,7 @@ export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 bash scripts/setup.sh
 cargo fmt --all --check
 bin=$(bash e2e/build.sh)
-# helm and promtool for the chart's tests.
+# helm and rulecheck (Prometheus rule files) for the chart's tests.
 export KUBESENTIMENT_TOOLS; KUBESENTIMENT_TOOLS=$(bash scripts/tools.sh)
 cargo build --workspace --release --locked
 
