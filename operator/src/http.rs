@@ -47,3 +47,11 @@ pub async fn shutdown_on_signal(stop: tokio_util::sync::CancellationToken) {
     tracing::info!("shutting down");
     stop.cancel();
 }
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): both binaries' logging.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -65,10 +65,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    http::init_tracing();
     let cli = Cli::parse();
     let cfg = AsyncBatch::load(cli.config.as_deref(), &cli.overrides).context("invalid configuration")?;
     let Some((svc_ns, svc_name)) = cli.inference_service.split_once('/') else {

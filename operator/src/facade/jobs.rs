@@ -90,9 +90,7 @@ fn active(j: &SentimentBatch) -> bool {
 }
 
 fn remaining(j: &SentimentBatch) -> i64 {
-    let s = j.status.clone().unwrap_or_default();
-    let total = if s.total_texts > 0 { s.total_texts } else { j.spec.texts.as_ref().map_or(0, |t| t.len() as i64) };
-    (total - s.processed_texts).max(0)
+    (wire::total_texts(j) - j.status.as_ref().map_or(0, |s| s.processed_texts)).max(0)
 }
 
 /// Submit a batch job. Returns at once; the job runs in the background.
@@ -308,10 +306,7 @@ pub async fn cancel(
     let job = f.job(&tenant, &id).await?;
     let state = JobState::of(job.phase());
     if state.is_final() {
-        return Err(ApiError::Conflict(format!(
-            "job {id} is already {}",
-            serde_json::to_value(state).unwrap_or_default().as_str().unwrap_or("")
-        )));
+        return Err(ApiError::Conflict(format!("job {id} is already {}", state.as_str())));
     }
     let patch = serde_json::json!({"spec": {"cancel": true}});
     let job = f.api(&tenant).patch(&id, &PatchParams::default(), &Patch::Merge(patch)).await?;
@@ -359,7 +354,7 @@ pub async fn metrics(State(f): State<Arc<Facade>>, Extension(tenant): Extension<
     let mut durations = Vec::new();
     for j in &jobs {
         let s = wire::status_of(j);
-        *by_state.entry(serde_json::to_value(s.status).unwrap_or_default().as_str().unwrap_or("").to_string()).or_insert(0) += 1;
+        *by_state.entry(s.status.as_str().to_string()).or_insert(0) += 1;
         *by_priority.entry(j.spec.priority.as_str().to_string()).or_insert(0) += 1;
         total += s.total_texts;
         processed += s.processed_texts;

@@ -75,6 +75,18 @@ impl JobState {
     pub fn is_final(self) -> bool {
         !matches!(self, JobState::Pending | JobState::Processing)
     }
+
+    /// The wire name (`processing`, `completed`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Processing => "processing",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
+        }
+    }
 }
 
 /// One page of results: the brief's results document.
@@ -161,6 +173,15 @@ fn epoch(t: &Time) -> f64 {
     t.0.as_millisecond() as f64 / 1000.0
 }
 
+/// The job's texts: from the status once the operator has read the source; before that,
+/// an inline batch's size is still known.
+pub fn total_texts(batch: &SentimentBatch) -> i64 {
+    match batch.status.as_ref().map_or(0, |s| s.total_texts) {
+        0 => batch.spec.texts.as_ref().map_or(0, |t| t.len() as i64),
+        n => n,
+    }
+}
+
 /// The job's id is the resource's name.
 pub fn status_of(batch: &SentimentBatch) -> BatchJobStatus {
     let s = batch.status.clone().unwrap_or_default();
@@ -171,8 +192,7 @@ pub fn status_of(batch: &SentimentBatch) -> BatchJobStatus {
     BatchJobStatus {
         job_id: batch.name_any(),
         status: state,
-        // Before the operator has read the source, an inline batch's size is still known.
-        total_texts: if s.total_texts > 0 { s.total_texts } else { batch.spec.texts.as_ref().map_or(0, |t| t.len() as i64) },
+        total_texts: total_texts(batch),
         processed_texts: s.processed_texts,
         failed_texts: s.failed_texts,
         progress_percentage: s.progress_percentage,
@@ -240,4 +260,16 @@ pub struct BatchMetrics {
     pub average_processing_time_seconds: f64,
     pub throughput_tps: f64,
     pub priority_limits: BTreeMap<String, usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_are_the_wire_names() {
+        for s in [JobState::Pending, JobState::Processing, JobState::Completed, JobState::Failed, JobState::Cancelled, JobState::Expired] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 }
