@@ -303,14 +303,23 @@ pub async fn cancel(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = f.job(&tenant, &id).await?;
-    let state = JobState::of(job.phase());
-    if state.is_final() {
-        return Err(ApiError::Conflict(format!("job {id} is already {}", state.as_str())));
+    // A write decides on the object as the API server has it, not on the cache, which
+    // may lag a stream that already showed the job final; the resourceVersion makes the
+    // patch fail rather than cancel a job that finished in between.
+    let api = f.api(&tenant);
+    loop {
+        let job = api.get_opt(&id).await?.filter(|j| tenant.owns(j.labels())).ok_or_else(|| ApiError::no_job(&id))?;
+        let state = JobState::of(job.phase());
+        if state.is_final() {
+            return Err(ApiError::Conflict(format!("job {id} is already {}", state.as_str())));
+        }
+        let patch = serde_json::json!({"metadata": {"resourceVersion": job.resource_version()}, "spec": {"cancel": true}});
+        match api.patch(&id, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(job) => return Ok((StatusCode::ACCEPTED, Json(wire::status_of(&job))).into_response()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    let patch = serde_json::json!({"spec": {"cancel": true}});
-    let job = f.api(&tenant).patch(&id, &PatchParams::default(), &Patch::Merge(patch)).await?;
-    Ok((StatusCode::ACCEPTED, Json(wire::status_of(&job))).into_response())
 }
 
 /// Per priority: jobs and texts waiting, the limit and its use; over every job.

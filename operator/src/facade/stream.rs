@@ -12,17 +12,22 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use kube::Api;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::Facade;
 use super::auth::Tenant;
 use super::error::ApiError;
-use super::wire::{self, BatchJobStatus};
+use super::wire::{self, BatchJobStatus, JobState};
 use crate::crd::SentimentBatch;
 
 /// The job's status documents, each different from the one before, ending with the
-/// first final one.
-fn follow(api: Api<SentimentBatch>, id: &str) -> impl Stream<Item = BatchJobStatus> + Send + 'static {
+/// first final one. That one is held back until the facade's cache also has the job
+/// final, so a client that reads status or results after the stream ends sees what the
+/// stream told it.
+fn follow(f: &Facade, tenant: &Tenant, id: &str) -> impl Stream<Item = BatchJobStatus> + Send + 'static {
+    let api = Api::<SentimentBatch>::namespaced(f.client.clone(), &tenant.namespace);
+    let (cache, key) = (f.jobs.clone(), ObjectRef::new(id).within(&tenant.namespace));
     let cfg = watcher::Config::default().fields(&format!("metadata.name={id}"));
     let docs = watcher(api, cfg).default_backoff().applied_objects().filter_map(|ev| async move { ev.ok().map(|b| wire::status_of(&b)) });
     let mut last: Option<BatchJobStatus> = None;
@@ -32,13 +37,25 @@ fn follow(api: Api<SentimentBatch>, id: &str) -> impl Stream<Item = BatchJobStat
         async move { new }
     });
     // Pass the final document, then end at once (not on the next change, which never comes).
-    futures_util::stream::unfold((changed.boxed(), false), |(mut docs, ended)| async move {
-        if ended {
-            return None;
+    futures_util::stream::unfold((changed.boxed(), false), move |(mut docs, ended)| {
+        let (cache, key) = (cache.clone(), key.clone());
+        async move {
+            if ended {
+                return None;
+            }
+            let doc = docs.next().await?;
+            let ended = doc.status.is_final();
+            if ended {
+                let cached_final = || cache.get(&key).is_some_and(|j| JobState::of(j.phase()).is_final());
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while !cached_final() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await;
+            }
+            Some((doc, (docs, ended)))
         }
-        let doc = docs.next().await?;
-        let ended = doc.status.is_final();
-        Some((doc, (docs, ended)))
     })
 }
 
@@ -53,7 +70,7 @@ pub async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     f.job(&tenant, &id).await?;
-    let docs = follow(Api::namespaced(f.client.clone(), &tenant.namespace), &id);
+    let docs = follow(&f, &tenant, &id);
     Ok(upgrade.on_upgrade(move |socket| send_all(socket, docs)).into_response())
 }
 
@@ -94,7 +111,7 @@ async fn send_all(mut socket: WebSocket, docs: impl Stream<Item = BatchJobStatus
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn sse(State(f): State<Arc<Facade>>, Extension(tenant): Extension<Tenant>, Path(id): Path<String>) -> Result<Response, ApiError> {
     f.job(&tenant, &id).await?;
-    let docs = follow(Api::namespaced(f.client.clone(), &tenant.namespace), &id);
+    let docs = follow(&f, &tenant, &id);
     let events =
         docs.map(|doc| Ok::<_, Infallible>(Event::default().event("status").json_data(doc).expect("a status serializes. This is a bug.")));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
