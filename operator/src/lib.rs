@@ -11,6 +11,7 @@
 //! - [`endpoints`]: inference endpoints from a Service's EndpointSlices.
 //! - [`metrics`], [`http`]: Prometheus metrics and the health/metrics server.
 //! - [`facade`]: the REST API over `SentimentBatch` resources (`kubesentiment-facade`).
+pub mod bench;
 pub mod config;
 pub mod controller;
 pub mod crd;

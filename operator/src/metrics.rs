@@ -78,6 +78,7 @@ impl Metrics {
             status_writes: reg!(IntCounter::new("kubesentiment_status_writes_total", "Status patches sent to the API server")),
             registry,
         };
+        register_process(&m.registry);
         for (p, name) in [(Priority::High, "high"), (Priority::Medium, "medium"), (Priority::Low, "low")] {
             let g = IntGauge::new(format!("async_batch_priority_{name}_limit"), format!("Admission limit of {name}-priority batches"))
                 .expect("metric options are valid. This is a bug.");
@@ -90,6 +91,13 @@ impl Metrics {
     pub fn render(&self) -> String {
         prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
     }
+}
+
+/// `process_resident_memory_bytes`, CPU seconds and open files of this process.
+fn register_process(registry: &Registry) {
+    registry
+        .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+        .expect("metric names are unique. This is a bug.");
 }
 
 /// The REST facade's request metrics, labelled by route template.
@@ -116,6 +124,7 @@ impl Default for HttpMetrics {
         .expect("metric options are valid. This is a bug.");
         registry.register(Box::new(requests.clone())).expect("metric names are unique. This is a bug.");
         registry.register(Box::new(seconds.clone())).expect("metric names are unique. This is a bug.");
+        register_process(&registry);
         HttpMetrics { registry, requests, seconds }
     }
 }

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -35,6 +35,8 @@ const JOB_LABEL: &str = "kubesentiment.io/job";
 const SUBMITTED_BY: &str = "kubesentiment.io/submitted-by";
 /// Inline texts up to this many bytes stay in the resource; larger inputs go to a ConfigMap.
 const MAX_INLINE_BYTES: usize = 256 * 1024;
+/// The CRD's limit on `spec.texts`.
+const MAX_INLINE_TEXTS: usize = 1000;
 /// A ConfigMap holds at most 1 MiB; leave room for its metadata.
 const MAX_CONFIGMAP_BYTES: usize = 1000 * 1024;
 
@@ -119,7 +121,8 @@ pub async fn submit(
     let ahead: i64 = all.iter().filter(|j| active(j) && j.spec.priority <= sub.priority).map(|j| remaining(j)).sum();
     let tps = f.throughput(&all).max(1.0);
     let total = sub.texts.len() as i64;
-    let job = create(&f, &tenant, sub).await?;
+    let labels = tenant.label.iter().map(|l| (TENANT_LABEL.to_string(), l.clone())).collect();
+    let job = create(&f.client, &tenant.namespace, labels, "rest", f.output.clone(), sub).await?;
     let mut status = wire::status_of(&job);
     status.total_texts = total;
     let resp = BatchJobResponse {
@@ -136,13 +139,20 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(resp)).into_response())
 }
 
-/// Creates the resource, with its texts inline or, for large or id-carrying inputs, in a
-/// ConfigMap the job then owns.
-async fn create(f: &Facade, tenant: &Tenant, sub: Submission) -> Result<SentimentBatch, ApiError> {
+/// Creates a job named by a new UUID, with its texts inline or, for large or id-carrying
+/// inputs, in a ConfigMap the job then owns. `submitted_by` names the client kind
+/// (`rest`, `bench`).
+pub async fn create(
+    client: &Client,
+    namespace: &str,
+    labels: BTreeMap<String, String>,
+    submitted_by: &str,
+    output: Option<String>,
+    sub: Submission,
+) -> Result<SentimentBatch, ApiError> {
     let name = uuid::Uuid::new_v4().to_string();
     let bytes: usize =
         sub.texts.iter().map(|t| t.len() + 4).sum::<usize>() + sub.ids.iter().flatten().flatten().map(|i| i.len() + 16).sum::<usize>();
-    let labels: BTreeMap<String, String> = tenant.label.iter().map(|l| (TENANT_LABEL.to_string(), l.clone())).collect();
     let mut spec = SentimentBatchSpec {
         texts: None,
         source: None,
@@ -150,10 +160,10 @@ async fn create(f: &Facade, tenant: &Tenant, sub: Submission) -> Result<Sentimen
         timeout_seconds: sub.timeout_seconds,
         max_batch_size: sub.max_batch_size,
         model: sub.model,
-        output: f.output.clone(),
+        output,
         cancel: false,
     };
-    let input = if sub.ids.is_none() && bytes <= MAX_INLINE_BYTES {
+    let input = if sub.ids.is_none() && bytes <= MAX_INLINE_BYTES && sub.texts.len() <= MAX_INLINE_TEXTS {
         spec.texts = Some(sub.texts);
         None
     } else if bytes <= MAX_CONFIGMAP_BYTES {
@@ -181,14 +191,14 @@ async fn create(f: &Facade, tenant: &Tenant, sub: Submission) -> Result<Sentimen
             message: format!("{bytes} bytes of texts exceed the {MAX_CONFIGMAP_BYTES}-byte limit of one job"),
         });
     };
-    let cms: Api<ConfigMap> = Api::namespaced(f.client.clone(), &tenant.namespace);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     if let Some(cm) = &input {
         cms.create(&PostParams::default(), cm).await?;
     }
     let mut batch = SentimentBatch::new(&name, spec);
     batch.metadata.labels = Some(labels);
-    batch.metadata.annotations = Some([(SUBMITTED_BY.to_string(), "rest".to_string())].into());
-    let batch = match f.api(tenant).create(&PostParams::default(), &batch).await {
+    batch.metadata.annotations = Some([(SUBMITTED_BY.to_string(), submitted_by.to_string())].into());
+    let batch = match Api::<SentimentBatch>::namespaced(client.clone(), namespace).create(&PostParams::default(), &batch).await {
         Ok(b) => b,
         Err(e) => {
             // No job will own the input: remove it rather than leave it behind.

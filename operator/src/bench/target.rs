@@ -1,0 +1,349 @@
+//! The two ways into the stack: the REST facade, or SentimentBatch objects through the
+//! Kubernetes API. Each submits a job, reports its states to the end, reads its results
+//! and runs the synchronous baseline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use futures_util::{SinkExt, StreamExt};
+use kube::api::{DeleteParams, ListParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use reqwest::StatusCode;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::crd::{Priority, SentimentBatch};
+use crate::facade::error::ApiError;
+use crate::facade::input::Submission;
+use crate::facade::jobs::create;
+use crate::facade::wire::{BatchJobResponse, BatchJobStatus, JobState, ResultsPage};
+use crate::store::Store;
+
+/// Marks every SentimentBatch a `--via kube` run creates, with the run's id.
+pub const RUN_LABEL: &str = "kubesentiment.io/bench-run";
+
+/// Why a call did not succeed.
+#[derive(Debug)]
+pub enum Fail {
+    /// 429: `kind` is the error code (`rate_limited`, `queue_full`, …).
+    Busy {
+        kind: String,
+        retry_after: Duration,
+    },
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail::Other(e.into())
+    }
+}
+
+/// Timings a call hands back to the run.
+pub trait Timings: Send + Sync {
+    fn status(&self, took: Duration);
+    fn results(&self, took: Duration);
+    fn rejected(&self, endpoint: &str, kind: &str);
+    /// The job was first seen out of `pending`.
+    fn admitted(&self);
+}
+
+pub enum Target {
+    Rest(Rest),
+    Kube(Kube),
+}
+
+/// How a job ended, as far as the run could tell.
+pub struct Outcome {
+    pub state: JobState,
+    pub results: usize,
+    pub total: usize,
+    /// How long the job was seen running.
+    pub running: Duration,
+}
+
+impl Target {
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Rest(r) => r.base.clone(),
+            Target::Kube(k) => format!("namespace {} (kubeconfig)", k.namespace),
+        }
+    }
+
+    pub async fn submit(&self, texts: Vec<String>, priority: Priority) -> Result<String, Fail> {
+        match self {
+            Target::Rest(r) => r.submit(texts, priority).await,
+            Target::Kube(k) => k.submit(texts, priority).await,
+        }
+    }
+
+    /// Follows job `id` to its final state, then reads every result page.
+    pub async fn finish(&self, id: &str, t: &dyn Timings) -> Result<Outcome, Fail> {
+        match self {
+            Target::Rest(r) => r.finish(id, t).await,
+            Target::Kube(k) => k.finish(id, t).await,
+        }
+    }
+
+    /// One synchronous prediction request.
+    pub async fn predict(&self, texts: &[String]) -> Result<(), Fail> {
+        let (http, url, key) = match self {
+            Target::Rest(r) => (&r.http, format!("{}/api/v1/predict", r.base), r.key.as_deref()),
+            Target::Kube(k) => {
+                let n = k.next.fetch_add(1, Ordering::Relaxed);
+                let base =
+                    k.inference.get(n % k.inference.len().max(1)).context("--via kube needs --inference-url for the sync baseline")?;
+                (&k.http, format!("{base}/v1/predict"), None)
+            }
+        };
+        let mut req = http.post(url).json(&serde_json::json!({"texts": texts}));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let resp: inference_api::PredictResponse = json(req.send().await?).await?;
+        if resp.results.len() != texts.len() {
+            return Err(anyhow!("sync predict answered {} results for {} texts", resp.results.len(), texts.len()).into());
+        }
+        Ok(())
+    }
+
+    /// Removes what the run created, where the target can.
+    pub async fn clean_up(&self) -> anyhow::Result<()> {
+        if let Target::Kube(k) = self {
+            let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", k.run));
+            Api::<SentimentBatch>::namespaced(k.client.clone(), &k.namespace).delete_collection(&DeleteParams::background(), &lp).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The body of a 2xx answer, or the failure a non-2xx one stands for.
+async fn json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, Fail> {
+    let status = resp.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let kind = body["error"].as_str().unwrap_or("too_many_requests").to_string();
+        return Err(Fail::Busy { kind, retry_after: Duration::from_secs(retry_after) });
+    }
+    let text = resp.text().await?;
+    if !status.is_success() {
+        return Err(anyhow!("HTTP {status}: {}", text.chars().take(300).collect::<String>()).into());
+    }
+    Ok(serde_json::from_str(&text).with_context(|| format!("unexpected answer: {}", text.chars().take(300).collect::<String>()))?)
+}
+
+/// Retries `call` after each 429, recording it against `endpoint`.
+async fn patiently<T, F, Fut>(t: &dyn Timings, endpoint: &str, mut call: F) -> Result<T, Fail>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Fail>>,
+{
+    loop {
+        match call().await {
+            Err(Fail::Busy { kind, retry_after }) => {
+                t.rejected(endpoint, &kind);
+                tokio::time::sleep(retry_after.min(Duration::from_secs(5))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How a REST client learns of progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Follow {
+    /// `GET /api/v1/batch/status/{id}` every `--poll-interval` seconds.
+    Poll,
+    /// `GET /api/v1/batch/ws/{id}`: one WebSocket per job.
+    Ws,
+}
+
+pub struct Rest {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub key: Option<String>,
+    pub follow: Follow,
+    pub poll_interval: Duration,
+    pub page_size: usize,
+}
+
+impl Rest {
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.get(format!("{}{path}", self.base));
+        match &self.key {
+            Some(k) => req.bearer_auth(k),
+            None => req,
+        }
+    }
+
+    async fn submit(&self, texts: Vec<String>, priority: Priority) -> Result<String, Fail> {
+        let mut req =
+            self.http.post(format!("{}/api/v1/batch/predict", self.base)).json(&serde_json::json!({"texts": texts, "priority": priority}));
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let job: BatchJobResponse = json(req.send().await?).await?;
+        Ok(job.job_id)
+    }
+
+    async fn finish(&self, id: &str, t: &dyn Timings) -> Result<Outcome, Fail> {
+        let mut seen = Seen::default();
+        let last = match self.follow {
+            Follow::Poll => loop {
+                let start = Instant::now();
+                let doc: BatchJobStatus =
+                    patiently(t, "status", || async { json(self.get(&format!("/api/v1/batch/status/{id}")).send().await?).await }).await?;
+                t.status(start.elapsed());
+                if seen.saw(doc.status, t) {
+                    break doc;
+                }
+                tokio::time::sleep(self.poll_interval).await;
+            },
+            Follow::Ws => {
+                let url = format!("{}/api/v1/batch/ws/{id}", self.base.replacen("http", "ws", 1));
+                let mut req = url.into_client_request()?;
+                if let Some(k) = &self.key {
+                    req.headers_mut().insert("authorization", format!("Bearer {k}").parse()?);
+                }
+                let (mut socket, _) = tokio_tungstenite::connect_async(req).await?;
+                let mut last = None;
+                while let Some(msg) = socket.next().await {
+                    match msg? {
+                        Message::Text(text) => {
+                            let doc: BatchJobStatus = serde_json::from_str(&text)?;
+                            let done = seen.saw(doc.status, t);
+                            last = Some(doc);
+                            if done {
+                                break;
+                            }
+                        }
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+                let _ = socket.close(None).await;
+                let _ = socket.flush().await;
+                last.filter(|d| d.status.is_final()).context("the WebSocket closed before the job was final")?
+            }
+        };
+        let mut results = 0;
+        for page in 1.. {
+            let start = Instant::now();
+            let path = format!("/api/v1/batch/results/{id}?page={page}&page_size={}", self.page_size);
+            let got: ResultsPage = patiently(t, "results", || async { json(self.get(&path).send().await?).await }).await?;
+            t.results(start.elapsed());
+            results += got.results.iter().filter(|r| r.error.is_none()).count();
+            if !got.has_more {
+                break;
+            }
+        }
+        Ok(Outcome { state: last.status, results, total: last.total_texts as usize, running: seen.running() })
+    }
+}
+
+/// What following a job has seen so far.
+#[derive(Default)]
+struct Seen {
+    running_since: Option<Instant>,
+    ended: Option<Instant>,
+}
+
+impl Seen {
+    /// Notes `state`; true once it is final.
+    fn saw(&mut self, state: JobState, t: &dyn Timings) -> bool {
+        if state != JobState::Pending && self.running_since.is_none() {
+            self.running_since = Some(Instant::now());
+            t.admitted();
+        }
+        if state.is_final() {
+            self.ended = Some(Instant::now());
+        }
+        state.is_final()
+    }
+
+    fn running(&self) -> Duration {
+        match (self.running_since, self.ended) {
+            (Some(a), Some(b)) => b - a,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// SentimentBatch objects, created as the facade creates them and followed through one
+/// watch over all of the run's objects.
+pub struct Kube {
+    pub client: Client,
+    pub namespace: String,
+    pub run: String,
+    pub http: reqwest::Client,
+    pub inference: Vec<String>,
+    pub page_size: usize,
+    next: AtomicUsize,
+    jobs: std::sync::Arc<Mutex<HashMap<String, watch::Sender<Option<SentimentBatch>>>>>,
+}
+
+fn channel(jobs: &Mutex<HashMap<String, watch::Sender<Option<SentimentBatch>>>>, name: &str) -> watch::Sender<Option<SentimentBatch>> {
+    jobs.lock()
+        .expect("the lock is never poisoned. This is a bug.")
+        .entry(name.to_string())
+        .or_insert_with(|| watch::channel(None).0)
+        .clone()
+}
+
+impl Kube {
+    /// Starts the watch; it ends with the runtime.
+    pub fn new(client: Client, namespace: String, run: String, http: reqwest::Client, inference: Vec<String>, page_size: usize) -> Kube {
+        let jobs: std::sync::Arc<Mutex<HashMap<_, watch::Sender<_>>>> = Default::default();
+        let api = Api::<SentimentBatch>::namespaced(client.clone(), &namespace);
+        let events = watcher(api, watcher::Config::default().labels(&format!("{RUN_LABEL}={run}"))).default_backoff().applied_objects();
+        let sink = jobs.clone();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(ev) = events.next().await {
+                if let Ok(batch) = ev {
+                    channel(&sink, &batch.name_any()).send_replace(Some(batch));
+                }
+            }
+        });
+        Kube { client, namespace, run, http, inference, page_size, next: AtomicUsize::new(0), jobs }
+    }
+
+    async fn submit(&self, texts: Vec<String>, priority: Priority) -> Result<String, Fail> {
+        let labels = BTreeMap::from([(RUN_LABEL.to_string(), self.run.clone())]);
+        let sub = Submission { texts, ids: None, priority, max_batch_size: None, timeout_seconds: None, model: None };
+        match create(&self.client, &self.namespace, labels, "bench", None, sub).await {
+            Ok(batch) => Ok(batch.name_any()),
+            Err(ApiError::Busy { code, retry_after, .. }) => Err(Fail::Busy { kind: code.to_string(), retry_after }),
+            Err(e) => Err(Fail::Other(e.into())),
+        }
+    }
+
+    async fn finish(&self, id: &str, t: &dyn Timings) -> Result<Outcome, Fail> {
+        let mut rx = channel(&self.jobs, id).subscribe();
+        let mut seen = Seen::default();
+        let batch = loop {
+            let current = rx.borrow_and_update().clone();
+            if let Some(b) = current.filter(|b| seen.saw(crate::facade::wire::JobState::of(b.phase()), t)) {
+                break b;
+            }
+            rx.changed().await.map_err(|_| anyhow!("the watch of the run's jobs ended"))?;
+        };
+        let total = crate::facade::wire::total_texts(&batch) as usize;
+        let store = Store::for_batch(&self.client, &batch)?;
+        let mut results = 0;
+        for start in (0..total).step_by(self.page_size.max(1)) {
+            let began = Instant::now();
+            results +=
+                store.read_range(start..(start + self.page_size).min(total)).await?.iter().filter(|l| l.prediction.is_some()).count();
+            t.results(began.elapsed());
+        }
+        Ok(Outcome { state: JobState::of(batch.phase()), results, total, running: seen.running() })
+    }
+}

@@ -1,0 +1,11 @@
+//! Load-tests a running stack with the feature brief's scenarios; see `bench`.
+
+use clap::Parser;
+use kubesentiment_operator::bench::{Args, run};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let report = run(Args::parse()).await?;
+    print!("{}", report.render());
+    Ok(())
+}
