@@ -261,3 +261,35 @@ impl S3 {
         ]
     }
 }
+
+/// A test namespace with an inference server, an operator (optional) and a facade.
+pub struct Stack {
+    pub cluster: &'static Cluster,
+    pub ns: TestNamespace,
+    pub inference: Inference,
+    pub operator: Option<Proc>,
+    pub facade: Proc,
+    /// The facade's base URL.
+    pub url: String,
+}
+
+impl Stack {
+    /// `None` when no control plane is configured (the test is then skipped).
+    pub async fn start(prefix: &str, with_operator: bool, facade_args: &[&str], facade_env: &[(&str, &str)]) -> Option<Stack> {
+        let cluster = crate::cluster()?;
+        install_crds(cluster).unwrap();
+        let ns = cluster.namespace(prefix).await.unwrap();
+        let inference = Inference::start(&[]).unwrap();
+        register(&ns, &[inference.port]).await.unwrap();
+        let operator = with_operator.then(|| operator(cluster, &ns.name, &[], &[]).unwrap());
+        let (facade, url) = facade(cluster, &ns.name, facade_args, facade_env).await.unwrap();
+        Some(Stack { cluster, ns, inference, operator, facade, url })
+    }
+
+    /// The operator's HTTP base URL (metrics, health), from its log.
+    pub fn operator_url(&self) -> Option<String> {
+        let log = self.operator.as_ref()?.output();
+        let addr = log.split("listening on ").nth(1)?.split_whitespace().next()?;
+        Some(format!("http://{addr}"))
+    }
+}

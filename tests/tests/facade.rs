@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use kubesentiment_tests::stack::{Inference, Proc, facade, install_crds, operator, register, venv_bin};
-use kubesentiment_tests::{Cluster, TestNamespace, cluster, eventually, repo_root};
+use kubesentiment_tests::stack::{Stack, facade, venv_bin};
+use kubesentiment_tests::{eventually, repo_root};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -116,27 +116,6 @@ impl Rest {
     }
 }
 
-/// A namespace with an inference server, an operator and a facade (`facade_args` added).
-struct Stack {
-    cluster: &'static Cluster,
-    ns: TestNamespace,
-    _inference: Inference,
-    _operator: Option<Proc>,
-    facade: Proc,
-    url: String,
-}
-
-async fn stack(prefix: &str, with_operator: bool, facade_args: &[&str], facade_env: &[(&str, &str)]) -> Option<Stack> {
-    let cluster = cluster()?;
-    install_crds(cluster).unwrap();
-    let ns = cluster.namespace(prefix).await.unwrap();
-    let inference = Inference::start(&[]).unwrap();
-    register(&ns, &[inference.port]).await.unwrap();
-    let operator = with_operator.then(|| operator(cluster, &ns.name, &[], &[]).unwrap());
-    let (facade, url) = facade(cluster, &ns.name, facade_args, facade_env).await.unwrap();
-    Some(Stack { cluster, ns, _inference: inference, _operator: operator, facade, url })
-}
-
 fn texts(n: usize) -> Vec<String> {
     let base = ["I love this product, it works perfectly.", "Terrible service, I want a refund.", "It is okay, nothing special."];
     (0..n).map(|i| format!("{} (review {i})", base[i % 3])).collect()
@@ -182,7 +161,7 @@ async fn check_against_openapi(rest: &Rest) -> Result<usize> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_briefs_curl_flow_field_for_field() {
-    let Some(s) = stack("rest-flow", true, &[], &[]).await else { return };
+    let Some(s) = Stack::start("rest-flow", true, &[], &[]).await else { return };
     let rest = Rest::new(&s.url, None);
 
     // Submit exactly the brief's example.
@@ -282,7 +261,7 @@ async fn the_briefs_curl_flow_field_for_field() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_cancel_and_streams() {
-    let Some(s) = stack("rest-pages", true, &["--max-page-size", "120"], &[]).await else { return };
+    let Some(s) = Stack::start("rest-pages", true, &["--max-page-size", "120"], &[]).await else { return };
     let rest = Rest::new(&s.url, None);
 
     // 250 items with ids: the input goes to a ConfigMap the job owns.
@@ -391,7 +370,9 @@ async fn keys_isolate_tenants_and_limits_answer_in_json() {
     // No operator: jobs stay pending, so the queue limit is reached deterministically.
     let keys = "alpha-key-0001,beta-key-0002,gamma-key-0003";
     let env = [("KUBESENTIMENT_API_KEYS", keys), ("KUBESENTIMENT_RATE_LIMIT_PER_MINUTE", "30")];
-    let Some(s) = stack("rest-keys", false, &["--priority-high-limit", "1", "--max-body-bytes", "65536"], &env).await else { return };
+    let Some(s) = Stack::start("rest-keys", false, &["--priority-high-limit", "1", "--max-body-bytes", "65536"], &env).await else {
+        return;
+    };
     let (alpha, beta, gamma) =
         (Rest::new(&s.url, Some("alpha-key-0001")), Rest::new(&s.url, Some("beta-key-0002")), Rest::new(&s.url, Some("gamma-key-0003")));
 
@@ -468,7 +449,7 @@ async fn keys_isolate_tenants_and_limits_answer_in_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_facade_killed_mid_job_loses_nothing() {
-    let Some(mut s) = stack("rest-restart", true, &[], &[]).await else { return };
+    let Some(mut s) = Stack::start("rest-restart", true, &[], &[]).await else { return };
     let id = Rest::new(&s.url, None).submit(json!({"texts": texts(1000)})).await.unwrap();
     s.facade.kill9();
     let (proc, url) = facade(s.cluster, &s.ns.name, &[], &[]).await.unwrap();
@@ -484,7 +465,7 @@ async fn a_facade_killed_mid_job_loses_nothing() {
 /// The Python client's pytest suite, against a real facade.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_client() {
-    let Some(s) = stack("rest-python", true, &[], &[("KUBESENTIMENT_API_KEYS", "py-client-key-1")]).await else { return };
+    let Some(s) = Stack::start("rest-python", true, &[], &[("KUBESENTIMENT_API_KEYS", "py-client-key-1")]).await else { return };
     let python = venv_bin("python").unwrap();
     let client = repo_root().join("clients/python");
     let out = std::process::Command::new(python)

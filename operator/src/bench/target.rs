@@ -14,8 +14,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use reqwest::StatusCode;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::crd::{Priority, SentimentBatch};
 use crate::facade::error::ApiError;
@@ -126,16 +127,22 @@ impl Target {
 async fn json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, Fail> {
     let status = resp.status();
     if status == StatusCode::TOO_MANY_REQUESTS {
-        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let kind = body["error"].as_str().unwrap_or("too_many_requests").to_string();
-        return Err(Fail::Busy { kind, retry_after: Duration::from_secs(retry_after) });
+        let headers = resp.headers().clone();
+        return Err(busy(&headers, &resp.bytes().await.unwrap_or_default()));
     }
     let text = resp.text().await?;
     if !status.is_success() {
         return Err(anyhow!("HTTP {status}: {}", text.chars().take(300).collect::<String>()).into());
     }
     Ok(serde_json::from_str(&text).with_context(|| format!("unexpected answer: {}", text.chars().take(300).collect::<String>()))?)
+}
+
+/// A 429 answer: its `Retry-After` and the facade's error code.
+fn busy(headers: &reqwest::header::HeaderMap, body: &[u8]) -> Fail {
+    let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+    let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let kind = body["error"].as_str().unwrap_or("too_many_requests").to_string();
+    Fail::Busy { kind, retry_after: Duration::from_secs(retry_after) }
 }
 
 /// Retries `call` after each 429, recording it against `endpoint`.
@@ -193,6 +200,21 @@ impl Rest {
         Ok(job.job_id)
     }
 
+    async fn connect(&self, id: &str) -> Result<WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>, Fail> {
+        let url = format!("{}/api/v1/batch/ws/{id}", self.base.replacen("http", "ws", 1));
+        let mut req = url.into_client_request()?;
+        if let Some(k) = &self.key {
+            req.headers_mut().insert("authorization", format!("Bearer {k}").parse()?);
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(WsError::Http(resp)) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
+                Err(busy(resp.headers(), resp.body().as_deref().unwrap_or_default()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn finish(&self, id: &str, t: &dyn Timings) -> Result<Outcome, Fail> {
         let mut seen = Seen::default();
         let last = match self.follow {
@@ -207,12 +229,7 @@ impl Rest {
                 tokio::time::sleep(self.poll_interval).await;
             },
             Follow::Ws => {
-                let url = format!("{}/api/v1/batch/ws/{id}", self.base.replacen("http", "ws", 1));
-                let mut req = url.into_client_request()?;
-                if let Some(k) = &self.key {
-                    req.headers_mut().insert("authorization", format!("Bearer {k}").parse()?);
-                }
-                let (mut socket, _) = tokio_tungstenite::connect_async(req).await?;
+                let mut socket = patiently(t, "ws", || self.connect(id)).await?;
                 let mut last = None;
                 while let Some(msg) = socket.next().await {
                     match msg? {
