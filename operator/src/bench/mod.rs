@@ -169,6 +169,8 @@ struct Run {
     texts_submitted: AtomicUsize,
     texts_completed: AtomicUsize,
     samples: Mutex<Samples>,
+    /// Jobs submitted and not yet followed to their end.
+    live: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -188,6 +190,10 @@ struct Samples {
 impl Run {
     fn samples(&self) -> std::sync::MutexGuard<'_, Samples> {
         self.samples.lock().expect("the lock is never poisoned. This is a bug.")
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.live.lock().expect("the lock is never poisoned. This is a bug.")
     }
 
     /// Claims the next job, if the run still submits.
@@ -278,7 +284,9 @@ async fn client(run: Arc<Run>, n: usize, join_after: Duration) {
         run.submitted.fetch_add(1, Ordering::Relaxed);
         run.texts_submitted.fetch_add(size, Ordering::Relaxed);
         run.in_flight.fetch_add(1, Ordering::Relaxed);
+        run.live().insert(id.clone());
         let outcome = run.target.finish(&id, &timings).await;
+        run.live().remove(&id);
         run.in_flight.fetch_sub(1, Ordering::Relaxed);
         match outcome {
             Ok(o) if o.state == JobState::Completed && o.results == o.total && o.total == size => {
@@ -414,6 +422,7 @@ pub async fn run(args: Args) -> Result<Report> {
         texts_submitted: AtomicUsize::new(0),
         texts_completed: AtomicUsize::new(0),
         samples: Mutex::default(),
+        live: Mutex::default(),
         args,
     };
     bar.set_message(format!("synchronous baseline: {} batches", run.args.baseline_batches));
@@ -461,6 +470,13 @@ pub async fn run(args: Args) -> Result<Report> {
     let wall = run.start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let unfinished = if finished { 0 } else { run.in_flight.load(Ordering::Relaxed) };
+    // Jobs the drain timeout cut off are cancelled, so they stop loading the stack.
+    let live: Vec<String> = run.live().drain().collect();
+    for id in &live {
+        if let Err(e) = run.target.cancel(id).await {
+            eprintln!("could not cancel job {id}: {e:#}");
+        }
+    }
     let after_inference = scrape(&http, &inference).await;
     let after_operator = scrape(&http, &operator).await;
 

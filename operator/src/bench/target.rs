@@ -113,6 +113,24 @@ impl Target {
         Ok(())
     }
 
+    /// Cancels job `id` (at the end of a run that could not wait for it).
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<()> {
+        match self {
+            Target::Rest(r) => {
+                let mut req = r.http.delete(format!("{}/api/v1/batch/jobs/{id}", r.base));
+                if let Some(k) = &r.key {
+                    req = req.bearer_auth(k);
+                }
+                req.send().await?;
+            }
+            Target::Kube(k) => {
+                let patch = kube::api::Patch::Merge(serde_json::json!({"spec": {"cancel": true}}));
+                Api::<SentimentBatch>::namespaced(k.client.clone(), &k.namespace).patch(id, &Default::default(), &patch).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes what the run created, where the target can.
     pub async fn clean_up(&self) -> anyhow::Result<()> {
         if let Target::Kube(k) = self {
