@@ -466,7 +466,6 @@ pub async fn run(args: Args) -> Result<Report> {
             }
         }
     };
-    drop(all_done);
     let wall = run.start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let unfinished = if finished { 0 } else { run.in_flight.load(Ordering::Relaxed) };
@@ -480,7 +479,7 @@ pub async fn run(args: Args) -> Result<Report> {
     let after_inference = scrape(&http, &inference).await;
     let after_operator = scrape(&http, &operator).await;
 
-    let s = run.samples();
+    let s = std::mem::take(&mut *run.samples());
     let submitted = run.submitted.load(Ordering::Relaxed);
     let completed = run.completed.load(Ordering::Relaxed);
     let texts_completed = run.texts_completed.load(Ordering::Relaxed);
@@ -545,11 +544,10 @@ pub async fn run(args: Args) -> Result<Report> {
             operator_peak_rss_bytes: peak_rss,
         },
     };
-    drop(s);
-    if !run.args.keep {
-        if let Err(e) = run.target.clean_up().await {
-            eprintln!("could not delete the run's SentimentBatches: {e:#}");
-        }
+    if !run.args.keep
+        && let Err(e) = run.target.clean_up().await
+    {
+        eprintln!("could not delete the run's SentimentBatches: {e:#}");
     }
     if let Some(path) = &run.args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;

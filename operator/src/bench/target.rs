@@ -22,7 +22,7 @@ use crate::crd::{Priority, SentimentBatch};
 use crate::facade::error::ApiError;
 use crate::facade::input::Submission;
 use crate::facade::jobs::create;
-use crate::facade::wire::{BatchJobResponse, BatchJobStatus, JobState, ResultsPage};
+use crate::facade::wire::{BatchJobResponse, BatchJobStatus, JobState, ResultsPage, total_texts};
 use crate::store::Store;
 
 /// Marks every SentimentBatch a `--via kube` run creates, with the run's id.
@@ -365,12 +365,12 @@ impl Kube {
         let mut seen = Seen::default();
         let batch = loop {
             let current = rx.borrow_and_update().clone();
-            if let Some(b) = current.filter(|b| seen.saw(crate::facade::wire::JobState::of(b.phase()), t)) {
+            if let Some(b) = current.filter(|b| seen.saw(JobState::of(b.phase()), t)) {
                 break b;
             }
             rx.changed().await.map_err(|_| anyhow!("the watch of the run's jobs ended"))?;
         };
-        let total = crate::facade::wire::total_texts(&batch) as usize;
+        let total = total_texts(&batch) as usize;
         let store = Store::for_batch(&self.client, &batch)?;
         let mut results = 0;
         for start in (0..total).step_by(self.page_size.max(1)) {
