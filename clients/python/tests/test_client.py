@@ -53,7 +53,8 @@ def test_predict_batch_and_sync_predict(client):
 
 
 def test_cancel(client):
-    job = client.submit([t * 8 for t in TEXTS] * 300, priority="low")
+    # 1,000 distinct texts: no result cache can finish the job before the cancel lands.
+    job = client.submit([f"{TEXTS[i % 3]} (review {i})" for i in range(1000)], priority="low")
     client.cancel(job["job_id"])
     assert client.wait(job["job_id"])["status"] == "cancelled"
     with pytest.raises(ApiError) as e:
