@@ -15,6 +15,7 @@ bin=$(bash e2e/build.sh)
 # helm and rulecheck (Prometheus rule files) for the chart's tests.
 export KUBESENTIMENT_TOOLS; KUBESENTIMENT_TOOLS=$(bash scripts/tools.sh)
 cargo build --workspace --release --locked
+cargo clippy --workspace --all-targets --release --locked -- -D warnings
 
 # One control plane for every test binary; the harness fails rather than skips.
 state=$(mktemp -d)

@@ -208,7 +208,8 @@ async fn served(model: &crate::model::Model, args: &BenchArgs, texts: Arc<Vec<St
     }
     let tps = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
     let metrics = client.get(url.replace("/v1/predict", "/metrics")).send().await?.text().await?;
-    let value = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+    let sums = inference_api::metric_sums(&metrics);
+    let value = |name: &str| sums.get(name).copied().unwrap_or(0.0);
     let passes = value("inference_batch_size_count");
     let stats = Served {
         texts_per_s: tps,

@@ -47,7 +47,7 @@ fn fnv1a(s: &str) -> u64 {
 }
 
 pub fn in_split(text: &str, split: Split) -> bool {
-    let heldout = fnv1a(text) % 5 == 0;
+    let heldout = fnv1a(text).is_multiple_of(5);
     match split {
         Split::All => true,
         Split::Train => !heldout,

@@ -56,6 +56,7 @@ fn source(endpoint: &str, hf_home: &std::path::Path, offline: bool) -> SourceCon
         hf_endpoint: endpoint.to_string(),
         hf_offline: offline,
         hf_token: None,
+        home: None,
     }
 }
 

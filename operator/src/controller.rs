@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -20,23 +19,26 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+use kubesentiment_core::backoff::Backoff;
+use kubesentiment_core::config::{AsyncBatch, ObjectStores};
+use kubesentiment_core::crd::{Phase, SentimentBatch, SentimentBatchStatus};
+use kubesentiment_core::names::{FINALIZER, MANAGER, RETRY_FAILED};
+use kubesentiment_core::status::{self, QUEUED, Tally};
+use kubesentiment_core::store::{self, ResultLine, Store, StoreError};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AsyncBatch;
-use crate::crd::{FINALIZER, Failures, Phase, SentimentBatch, SentimentBatchStatus, Summary};
-use crate::engine::{Engine, JobStart, Tally};
+use crate::engine::{Engine, JobStart};
 use crate::metrics::Metrics;
 use crate::source;
-use crate::store::{self, MANAGER, ResultLine, Store, StoreError};
 
-/// Set this annotation on a finished batch to compute its failed items again.
-pub const RETRY_FAILED: &str = "kubesentiment.io/retry-failed";
 /// How often a Running batch's status is refreshed: at most one write per second each.
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
 /// How often a batch refused admission asks again.
 const QUEUED_RETRY: Duration = Duration::from_secs(2);
+/// Between failed reconciles of one batch.
+const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(64));
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,6 +65,7 @@ pub struct Context {
     pub client: Client,
     pub engine: Engine,
     pub cfg: AsyncBatch,
+    pub stores: ObjectStores,
     pub metrics: Metrics,
     pub recorder: Recorder,
     /// Consecutive failures per batch, for error backoff.
@@ -73,9 +76,9 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, engine: Engine, cfg: AsyncBatch, metrics: Metrics, instance: String) -> Self {
+    pub fn new(client: Client, engine: Engine, cfg: AsyncBatch, stores: ObjectStores, metrics: Metrics, instance: String) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: Some(instance) });
-        Context { client, engine, cfg, metrics, recorder, failures: Mutex::default(), progress_written: Mutex::default() }
+        Context { client, engine, cfg, stores, metrics, recorder, failures: Mutex::default(), progress_written: Mutex::default() }
     }
 }
 
@@ -115,14 +118,14 @@ fn error_policy(batch: Arc<SentimentBatch>, error: &Error, ctx: Arc<Context>) ->
     tracing::warn!(batch = %batch.name_any(), %error, "reconcile failed");
     let mut failures = ctx.failures.lock().expect("the lock is never poisoned. This is a bug.");
     let n = failures.entry(batch.uid().unwrap_or_default()).or_default();
-    *n = (*n + 1).min(8);
-    Action::requeue(Duration::from_millis(250 * 2u64.pow(*n)))
+    *n = n.saturating_add(1);
+    Action::requeue(ERROR_BACKOFF.delay(*n - 1))
 }
 
 async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     let uid = batch.uid().unwrap_or_default();
     ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
-    let store = Store::for_batch(&ctx.client, batch);
+    let store = Store::for_batch(&ctx.client, batch, &ctx.stores);
     if batch.phase().is_final() {
         forget(ctx, &uid).await;
         if batch.annotations().contains_key(RETRY_FAILED) {
@@ -157,6 +160,10 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     if let Some(why) = progress.fatal {
         return finalize(batch, ctx, &store, Phase::Failed, "ModelMismatch", &why).await;
     }
+    if progress.expired {
+        let msg = format!("not finished within {} s", timeout.as_secs());
+        return finalize(batch, ctx, &store, Phase::Expired, "Timeout", &msg).await;
+    }
     if progress.done {
         return finalize(batch, ctx, &store, Phase::Succeeded, "Succeeded", "every text has a result").await;
     }
@@ -165,11 +172,11 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(STATUS_PERIOD - since));
     }
     let old = batch.status.clone().unwrap_or_default();
-    let status = SentimentBatchStatus {
+    let counts = SentimentBatchStatus {
         estimated_completion_seconds: progress.eta_seconds.or(old.estimated_completion_seconds),
-        ..counts(&old, progress.total, &progress.tally)
+        ..status::counts(&old, progress.total, &progress.tally)
     };
-    write_status(batch, ctx, running(batch, status, &store)).await?;
+    write_status(batch, ctx, status::running(batch, counts, store.manifest_location())).await?;
     ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").insert(uid, Instant::now());
     Ok(Action::requeue(every))
 }
@@ -186,19 +193,13 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
             batch.spec.priority.as_str(),
             ctx.cfg.max_jobs
         );
-        let status = SentimentBatchStatus {
-            phase: Some(Phase::Pending),
-            observed_generation: batch.metadata.generation,
-            conditions: vec![condition(&old.conditions, "Queued", true, "QueueFull", &msg, batch)],
-            ..old.clone()
-        };
-        if !has_condition(&old.conditions, "Queued", "True", "QueueFull") {
+        if !status::has_condition(batch, QUEUED, true, "QueueFull") {
             publish(ctx, batch, EventType::Normal, "QueueFull", &msg).await;
         }
-        write_status(batch, ctx, status).await?;
+        write_status(batch, ctx, status::queue_full(batch, &msg)).await?;
         return Ok(Action::requeue(QUEUED_RETRY.min(left)));
     }
-    let items = match source::read(&ctx.client, &namespace, &batch.spec).await {
+    let items = match source::read(&ctx.client, &namespace, &batch.spec, &ctx.stores).await {
         Ok(items) => items,
         Err(e) => return finalize(batch, ctx, &store, Phase::Failed, e.reason(), &e.to_string()).await,
     };
@@ -210,65 +211,27 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         .max_batch_size
         .map_or(ctx.cfg.max_batch_size, |n| (n.max(1) as usize).min(ctx.cfg.max_batch_size))
         .min(store.max_part_texts());
-    let object = ObjectRef::from(batch);
-    let remaining = store::remaining(total, &parts);
     tracing::info!(batch = %batch.name_any(), total, committed = committed.done(), "starting");
-    let status = counts(&old, total, &committed);
+    let counts = status::counts(&old, total, &committed);
+    let location = store.manifest_location();
     ctx.engine
         .start_job(JobStart {
             id: uid,
-            object,
+            object: ObjectRef::from(batch),
             items: Arc::new(items),
-            remaining,
+            remaining: store::remaining(total, &parts),
             committed,
-            store: store.clone(),
+            sink: Arc::new(store),
             max_batch,
             model: batch.spec.model.clone(),
+            deadline,
         })
         .await;
-    let status =
-        running(batch, SentimentBatchStatus { started_at: old.started_at.clone().or(Some(Time(Timestamp::now()))), ..status }, &store);
     if batch.phase() == Phase::Pending {
         publish(ctx, batch, EventType::Normal, "Started", &format!("admitted; {total} texts")).await;
     }
-    write_status(batch, ctx, status).await?;
+    write_status(batch, ctx, status::running(batch, counts, location)).await?;
     Ok(Action::requeue(STATUS_PERIOD.min(left)))
-}
-
-/// The counts and summary of `tally` out of `total`, over `old`.
-fn counts(old: &SentimentBatchStatus, total: usize, tally: &Tally) -> SentimentBatchStatus {
-    let done = tally.done();
-    let pct = if total == 0 { 100.0 } else { (done as f64 * 1000.0 / total as f64).round() / 10.0 };
-    SentimentBatchStatus {
-        total_texts: total as i64,
-        processed_texts: done as i64,
-        failed_texts: tally.failed as i64,
-        progress_percentage: pct,
-        progress: Some(format!("{pct:.0}%")),
-        summary: Some(Summary {
-            successful_predictions: tally.ok as i64,
-            failed_predictions: tally.failed as i64,
-            success_rate: if done == 0 { 0.0 } else { tally.ok as f64 / done as f64 },
-            sentiment_distribution: tally.labels.clone(),
-            average_confidence: if tally.ok == 0 { 0.0 } else { tally.confidence_sum / tally.ok as f64 },
-        }),
-        failures: (tally.failed > 0).then(|| Failures { count: tally.failed as i64, samples: tally.samples.clone(), location: None }),
-        ..old.clone()
-    }
-}
-
-fn running(batch: &SentimentBatch, status: SentimentBatchStatus, store: &Store) -> SentimentBatchStatus {
-    let old = &status.conditions;
-    SentimentBatchStatus {
-        phase: Some(Phase::Running),
-        observed_generation: batch.metadata.generation,
-        results_location: Some(store.manifest_location()),
-        conditions: vec![
-            condition(old, "Queued", false, "Admitted", "admitted by the scheduler", batch),
-            condition(old, "Running", true, "Dispatching", "chunks are being sent to inference endpoints", batch),
-        ],
-        ..status
-    }
 }
 
 /// Ends a batch: stops its work, writes the failures list and manifest from what the
@@ -295,7 +258,7 @@ async fn finalize(batch: &SentimentBatch, ctx: &Context, store: &Store, phase: P
     } else {
         (phase, reason, msg.to_string())
     };
-    let mut status = counts(&old, total, &tally);
+    let mut status = status::counts(&old, total, &tally);
     if let Some(f) = status.failures.as_mut() {
         f.location = Some(store.failures_location());
     }
@@ -313,29 +276,12 @@ async fn finalize_without_store(batch: &SentimentBatch, ctx: &Context, phase: Ph
 async fn end(
     batch: &SentimentBatch,
     ctx: &Context,
-    status: SentimentBatchStatus,
+    counts: SentimentBatchStatus,
     phase: Phase,
     reason: &str,
     msg: &str,
 ) -> Result<Action, Error> {
-    let old = &status.conditions;
-    let now = Timestamp::now();
-    let status = SentimentBatchStatus {
-        phase: Some(phase),
-        observed_generation: batch.metadata.generation,
-        completed_at: Some(Time(now)),
-        estimated_completion_seconds: Some(0),
-        conditions: [
-            Some(condition(old, "Queued", false, "Admitted", "admitted by the scheduler", batch)),
-            Some(condition(old, "Running", false, "Finished", "no work left", batch)),
-            Some(condition(old, "Complete", true, reason, msg, batch)),
-            (phase == Phase::Failed).then(|| condition(old, "Failed", true, reason, msg, batch)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-        ..status
-    };
+    let status = status::ended(batch, counts, phase, reason, msg);
     let priority = batch.spec.priority.as_str();
     let label = match phase {
         Phase::Succeeded => "completed",
@@ -344,8 +290,8 @@ async fn end(
         _ => "expired",
     };
     ctx.metrics.jobs_total.with_label_values(&[priority, label]).inc();
-    if let Some(started) = &status.started_at {
-        ctx.metrics.processing_time.with_label_values(&[priority]).observe(now.duration_since(started.0).as_secs_f64().max(0.0));
+    if let (Some(started), Some(ended)) = (&status.started_at, &status.completed_at) {
+        ctx.metrics.processing_time.with_label_values(&[priority]).observe(ended.0.duration_since(started.0).as_secs_f64().max(0.0));
     }
     let kind = if phase == Phase::Succeeded { EventType::Normal } else { EventType::Warning };
     publish(ctx, batch, kind, &format!("{phase:?}"), &format!("{reason}: {msg}")).await;
@@ -363,14 +309,7 @@ async fn retry_failed(batch: &SentimentBatch, ctx: &Context, store: Option<Store
     if let (true, Some(store)) = (retry, store) {
         let failed: Vec<usize> =
             store.read_parts().await?.into_iter().filter(|p| p.lines.iter().any(|l| l.error.is_some())).map(|p| p.start).collect();
-        let status = SentimentBatchStatus {
-            phase: Some(Phase::Pending),
-            started_at: Some(Time(Timestamp::now())),
-            completed_at: None,
-            conditions: vec![condition(&old.conditions, "Queued", true, "RetryRequested", &format!("{RETRY_FAILED} is set"), batch)],
-            ..old
-        };
-        write_status(batch, ctx, status).await?;
+        write_status(batch, ctx, status::retry_requested(batch, &format!("{RETRY_FAILED} is set"))).await?;
         for start in &failed {
             store.delete_part(*start).await?;
         }
@@ -391,28 +330,10 @@ async fn retry_failed(batch: &SentimentBatch, ctx: &Context, store: Option<Store
 
 async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     forget(ctx, &batch.uid().unwrap_or_default()).await;
-    if let Ok(store) = Store::for_batch(&ctx.client, batch) {
+    if let Ok(store) = Store::for_batch(&ctx.client, batch, &ctx.stores) {
         store.delete_unowned().await?;
     }
     Ok(Action::await_change())
-}
-
-/// A condition that keeps its `lastTransitionTime` while its status stays the same.
-fn condition(old: &[Condition], type_: &str, status: bool, reason: &str, message: &str, batch: &SentimentBatch) -> Condition {
-    let status = if status { "True" } else { "False" }.to_string();
-    let since = old.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: batch.metadata.generation,
-        last_transition_time: since.unwrap_or(Time(Timestamp::now())),
-    }
-}
-
-fn has_condition(conditions: &[Condition], type_: &str, status: &str, reason: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == status && c.reason == reason)
 }
 
 /// Applies `status` unless it equals what is already there.

@@ -36,22 +36,3 @@ pub fn router(health: Arc<Health>) -> Router {
         )
         .with_state(health)
 }
-
-/// Cancels `stop` on SIGTERM or Ctrl-C: the one shutdown signal of both binaries.
-pub async fn shutdown_on_signal(stop: tokio_util::sync::CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-    stop.cancel();
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`): both binaries' logging.
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-}

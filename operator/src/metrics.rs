@@ -1,12 +1,10 @@
 //! Every metric the operator exports, named and bucketed in one place. The brief's
 //! `async_batch_*` names come first; the rest are the operator's own.
 
-use std::time::Duration;
-
+use kubesentiment_core::cli::register_process_metrics;
+use kubesentiment_core::config::AsyncBatch;
+use kubesentiment_core::crd::Priority;
 use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-
-use crate::config::AsyncBatch;
-use crate::crd::Priority;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -78,7 +76,7 @@ impl Metrics {
             status_writes: reg!(IntCounter::new("kubesentiment_status_writes_total", "Status patches sent to the API server")),
             registry,
         };
-        register_process(&m.registry);
+        register_process_metrics(&m.registry);
         for (p, name) in [(Priority::High, "high"), (Priority::Medium, "medium"), (Priority::Low, "low")] {
             let g = IntGauge::new(format!("async_batch_priority_{name}_limit"), format!("Admission limit of {name}-priority batches"))
                 .expect("metric options are valid. This is a bug.");
@@ -86,53 +84,6 @@ impl Metrics {
             m.registry.register(Box::new(g)).expect("metric names are unique. This is a bug.");
         }
         m
-    }
-
-    pub fn render(&self) -> String {
-        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
-    }
-}
-
-/// `process_resident_memory_bytes`, CPU seconds and open files of this process.
-fn register_process(registry: &Registry) {
-    registry
-        .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-        .expect("metric names are unique. This is a bug.");
-}
-
-/// The REST facade's request metrics, labelled by route template.
-#[derive(Clone)]
-pub struct HttpMetrics {
-    registry: Registry,
-    requests: IntCounterVec,
-    seconds: HistogramVec,
-}
-
-impl Default for HttpMetrics {
-    fn default() -> Self {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new("kubesentiment_http_requests_total", "Requests answered, by method, route and status"),
-            &["method", "route", "status"],
-        )
-        .expect("metric options are valid. This is a bug.");
-        let seconds = HistogramVec::new(
-            HistogramOpts::new("kubesentiment_http_request_seconds", "Time to answer, by route")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
-            &["route"],
-        )
-        .expect("metric options are valid. This is a bug.");
-        registry.register(Box::new(requests.clone())).expect("metric names are unique. This is a bug.");
-        registry.register(Box::new(seconds.clone())).expect("metric names are unique. This is a bug.");
-        register_process(&registry);
-        HttpMetrics { registry, requests, seconds }
-    }
-}
-
-impl HttpMetrics {
-    pub fn observe(&self, method: &str, route: &str, status: u16, took: Duration) {
-        self.requests.with_label_values(&[method, route, &status.to_string()]).inc();
-        self.seconds.with_label_values(&[route]).observe(took.as_secs_f64());
     }
 
     pub fn render(&self) -> String {

@@ -9,7 +9,9 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use crate::crd::Priority;
+pub use kubesentiment_core::admission::QueueFull;
+use kubesentiment_core::admission::{self, Limits};
+use kubesentiment_core::crd::Priority;
 
 /// A batch's identity in the scheduler (its UID).
 pub type JobId = String;
@@ -44,14 +46,6 @@ impl Chunk {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub per_priority: [usize; 3],
-    pub max_jobs: usize,
-    /// A waiting job gains one level per `aging`.
-    pub aging: Duration,
-}
-
 struct Entry {
     priority: Priority,
     deadline: Instant,
@@ -62,18 +56,16 @@ struct Entry {
     in_flight: usize,
 }
 
-/// Admission refused: the batch stays Pending.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueFull;
-
 pub struct Scheduler {
     limits: Limits,
+    /// A waiting job gains one level per `aging`.
+    aging: Duration,
     jobs: HashMap<JobId, Entry>,
 }
 
 impl Scheduler {
-    pub fn new(limits: Limits) -> Self {
-        Scheduler { limits, jobs: HashMap::new() }
+    pub fn new(limits: Limits, aging: Duration) -> Self {
+        Scheduler { limits, aging, jobs: HashMap::new() }
     }
 
     pub fn contains(&self, job: &str) -> bool {
@@ -85,10 +77,7 @@ impl Scheduler {
         if self.jobs.contains_key(job) {
             return Ok(());
         }
-        let same = self.jobs.values().filter(|e| e.priority == priority).count();
-        if same >= self.limits.per_priority[priority.level()] || self.jobs.len() >= self.limits.max_jobs {
-            return Err(QueueFull);
-        }
+        self.limits.admits(admission::per_level(self.jobs.values().map(|e| e.priority)), priority)?;
         self.jobs.insert(job.to_string(), Entry { priority, deadline, waiting_since: now, pending: VecDeque::new(), in_flight: 0 });
         Ok(())
     }
@@ -118,7 +107,7 @@ impl Scheduler {
     /// ready. Order: effective level (priority minus one per `aging` waited), then
     /// deadline, then longest waiting.
     pub fn next(&mut self, now: Instant, max_texts: impl Fn(&str) -> usize) -> Option<Chunk> {
-        let aging = self.limits.aging.as_secs_f64().max(1e-3);
+        let aging = self.aging.as_secs_f64().max(1e-3);
         let (id, _) = self
             .jobs
             .iter()
@@ -186,11 +175,13 @@ impl Scheduler {
 }
 
 #[cfg(test)]
+// A batch's work is often one whole range.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 
     fn sched(per_priority: [usize; 3], max_jobs: usize) -> Scheduler {
-        Scheduler::new(Limits { per_priority, max_jobs, aging: Duration::from_secs(10) })
+        Scheduler::new(Limits { per_priority, max_jobs }, Duration::from_secs(10))
     }
 
     const FAR: Duration = Duration::from_secs(3600);
@@ -202,13 +193,13 @@ mod tests {
         for i in 0..20 {
             let id = format!("low-{i}");
             s.admit(&id, Priority::Low, t0 + FAR, t0).unwrap();
-            s.enqueue(&id, vec![0..1000], t0);
+            s.enqueue(&id, [0..1000], t0);
         }
         // Two chunks go out before the high batch arrives…
         assert!(s.next(t0, |_| 100).unwrap().job.starts_with("low"));
         assert!(s.next(t0, |_| 100).unwrap().job.starts_with("low"));
         s.admit("high", Priority::High, t0 + FAR, t0).unwrap();
-        s.enqueue("high", vec![0..10], t0);
+        s.enqueue("high", [0..10], t0);
         // …and the very next dispatch is the high batch's.
         let c = s.next(t0, |_| 100).unwrap();
         assert_eq!((c.job.as_str(), c.range.clone()), ("high", 0..10));
@@ -219,10 +210,10 @@ mod tests {
         let t0 = Instant::now();
         let mut s = sched([100, 500, 1000], 1000);
         s.admit("high", Priority::High, t0 + FAR, t0).unwrap();
-        s.enqueue("high", vec![0..1_000_000], t0);
+        s.enqueue("high", [0..1_000_000], t0);
         // The low batch's deadline is later, so a tie in level is not enough for it.
         s.admit("low", Priority::Low, t0 + 2 * FAR, t0).unwrap();
-        s.enqueue("low", vec![0..30], t0);
+        s.enqueue("low", [0..30], t0);
         // One chunk per second: the high batch always has work, yet low gets a turn once
         // it has waited three aging periods (one level above high), and again after each
         // further three.
@@ -242,7 +233,7 @@ mod tests {
         let mut s = sched([100, 500, 1000], 1000);
         for (id, secs) in [("late", 300), ("soon", 30), ("mid", 100)] {
             s.admit(id, Priority::Medium, t0 + Duration::from_secs(secs), t0).unwrap();
-            s.enqueue(id, vec![0..5], t0);
+            s.enqueue(id, [0..5], t0);
         }
         let order: Vec<_> = (0..3).map(|_| s.next(t0, |_| 5).unwrap().job).collect();
         assert_eq!(order, ["soon", "mid", "late"]);
@@ -267,7 +258,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = sched([100, 500, 1000], 1000);
         s.admit("a", Priority::Medium, t0 + FAR, t0).unwrap();
-        s.enqueue("a", vec![0..25], t0);
+        s.enqueue("a", [0..25], t0);
         let c = s.next(t0, |_| 10).unwrap();
         assert_eq!(c.range, 0..10);
         s.retry(Chunk { attempts: 1, ..c }, t0 + Duration::from_secs(1));

@@ -9,16 +9,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
-use object_store::aws::AmazonS3Builder;
+use kubesentiment_core::config::ObjectStores;
+use kubesentiment_core::crd::{MAX_ID_CHARS, MAX_TEXTS, S3Source, SentimentBatchSpec};
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Deserialize;
-
-use crate::crd::{S3Source, SentimentBatchSpec};
-
-/// Longest `id` a text may carry, so result parts stay bounded.
-pub const MAX_ID_CHARS: usize = 256;
-/// Most texts one batch may hold, from any source.
-pub const MAX_TEXTS: usize = 1_000_000;
 
 /// One text to classify, with the caller's optional id for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +41,8 @@ impl SourceError {
 }
 
 /// The batch's texts, read from wherever its spec points.
-pub async fn read(client: &Client, namespace: &str, spec: &SentimentBatchSpec) -> Result<Vec<Item>, SourceError> {
+/// An S3 source starts from `stores`' settings, then applies its own.
+pub async fn read(client: &Client, namespace: &str, spec: &SentimentBatchSpec, stores: &ObjectStores) -> Result<Vec<Item>, SourceError> {
     if let Some(texts) = &spec.texts {
         return validate(texts.iter().map(|t| Item { id: None, text: t.clone() }).collect(), "spec.texts");
     }
@@ -68,7 +63,7 @@ pub async fn read(client: &Client, namespace: &str, spec: &SentimentBatchSpec) -
     }
     if let Some(s3) = &source.s3 {
         let what = format!("s3://{}/{}", s3.bucket, s3.key);
-        let store = s3_store(client, namespace, s3).await?;
+        let store = s3_store(client, namespace, s3, stores).await?;
         let body = store
             .get(&object_store::path::Path::from(s3.key.as_str()))
             .await
@@ -81,9 +76,8 @@ pub async fn read(client: &Client, namespace: &str, spec: &SentimentBatchSpec) -
     Err(SourceError::Invalid("spec.source names no source".into()))
 }
 
-async fn s3_store(client: &Client, namespace: &str, s3: &S3Source) -> Result<Arc<dyn ObjectStore>, SourceError> {
-    // Start from the operator's own AWS_* environment, then apply the batch's settings.
-    let mut b = AmazonS3Builder::from_env().with_bucket_name(&s3.bucket);
+async fn s3_store(client: &Client, namespace: &str, s3: &S3Source, stores: &ObjectStores) -> Result<Arc<dyn ObjectStore>, SourceError> {
+    let mut b = stores.s3().with_bucket_name(&s3.bucket);
     if let Some(endpoint) = &s3.endpoint {
         b = b.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://")).with_virtual_hosted_style_request(false);
     }

@@ -99,8 +99,8 @@ impl Inference {
 
     /// Texts this server has run through the model (the sum of its batch sizes).
     pub async fn texts_inferred(&self) -> Result<f64> {
-        let body = reqwest::get(format!("{}/metrics", self.url())).await?.text().await?;
-        Ok(body.lines().find_map(|l| l.strip_prefix("inference_batch_size_sum ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0))
+        let page = reqwest::get(format!("{}/metrics", self.url())).await?.text().await?;
+        Ok(inference_api::metric_sums(&page).get("inference_batch_size_sum").copied().unwrap_or(0.0))
     }
 }
 

@@ -61,7 +61,7 @@ fn the_dockerfiles_lint_clean() {
             "",
         )
     };
-    for file in ["operator/Dockerfile", "inference-server/Dockerfile"] {
+    for file in ["operator/Dockerfile", "facade/Dockerfile", "inference-server/Dockerfile"] {
         let (ok, out, err) = lint(&repo_root().join(file));
         assert!(ok, "hadolint {file}:\n{out}{err}");
     }

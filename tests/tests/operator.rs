@@ -11,8 +11,9 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use kubesentiment_operator::crd::{Phase, SentimentBatch};
-use kubesentiment_operator::store::{BATCH_UID_LABEL, Manifest};
+use kubesentiment_core::crd::{Phase, SentimentBatch};
+use kubesentiment_core::names::BATCH_UID_LABEL;
+use kubesentiment_core::store::Manifest;
 use kubesentiment_tests::stack::{Inference, Proc, S3, install_crds, operator, register};
 use kubesentiment_tests::{Cluster, TestNamespace, cluster, eventually};
 use serde_json::{Value, json};
@@ -109,7 +110,7 @@ fn texts(n: usize, tag: &str) -> Vec<String> {
     (0..n).map(|i| SHAPES[i % 4].replace("{}", &format!("{tag}-{i}"))).collect()
 }
 
-fn status(b: &SentimentBatch) -> &kubesentiment_operator::crd::SentimentBatchStatus {
+fn status(b: &SentimentBatch) -> &kubesentiment_core::crd::SentimentBatchStatus {
     b.status.as_ref().expect("a status")
 }
 

@@ -10,6 +10,11 @@
 //! - `GET /health/live`, `GET /health/ready`, `GET /metrics`
 //!
 //! Every error answers with [`ErrorBody`].
+//!
+//! Behind the `client` feature, [`client`] is the one client of `POST /v1/predict`.
+
+#[cfg(feature = "client")]
+pub mod client;
 
 use std::collections::BTreeMap;
 
@@ -95,4 +100,34 @@ pub struct ErrorBody {
     /// The request field at fault, as a path such as `texts[3]`, when one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// Sums of each metric family in a Prometheus text page, over all its label sets
+/// (`inference_batch_size_sum` → the texts inferred). For reading servers' `/metrics`
+/// in benchmarks and tests.
+pub fn metric_sums(page: &str) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::new();
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let name = series.split('{').next().unwrap_or(series);
+        if let Ok(v) = value.parse::<f64>() {
+            *sums.entry(name.to_string()).or_default() += v;
+        }
+    }
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_families_are_summed_over_labels() {
+        let page = "# HELP x y\n# TYPE a counter\na{k=\"1\"} 2\na{k=\"2\"} 3.5\nb 7\nc{q=\"a b\"} 1\nbroken\n";
+        let sums = metric_sums(page);
+        assert_eq!(sums.get("a"), Some(&5.5));
+        assert_eq!(sums.get("b"), Some(&7.0));
+        assert_eq!(sums.get("c"), Some(&1.0));
+        assert_eq!(sums.len(), 3);
+    }
 }

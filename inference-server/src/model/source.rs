@@ -99,15 +99,18 @@ pub struct SourceConfig {
     pub hf_offline: bool,
     #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
     pub hf_token: Option<String>,
-}
-
-fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"))
+    /// The user's home, under which the default caches live.
+    #[arg(long, env = "HOME", hide = true)]
+    pub home: Option<PathBuf>,
 }
 
 impl SourceConfig {
+    fn home(&self) -> PathBuf {
+        self.home.clone().unwrap_or_else(|| PathBuf::from("/tmp"))
+    }
+
     pub fn assets_dir(&self) -> PathBuf {
-        self.assets_dir.clone().unwrap_or_else(|| home().join(".cache/kubesentiment"))
+        self.assets_dir.clone().unwrap_or_else(|| self.home().join(".cache/kubesentiment"))
     }
 
     /// `--ort-dylib` / `ORT_DYLIB_PATH` when given, else the `libonnxruntime.so` that
@@ -117,7 +120,7 @@ impl SourceConfig {
     }
 
     fn hub_cache(&self) -> PathBuf {
-        self.hf_home.clone().unwrap_or_else(|| home().join(".cache/huggingface")).join("hub")
+        self.hf_home.clone().unwrap_or_else(|| self.home().join(".cache/huggingface")).join("hub")
     }
 
     /// The model's directory, fetching it first for a hub id not yet cached.

@@ -1,6 +1,7 @@
-//! Prints the CRDs as YAML; `crds/sentimentbatch.yaml` must equal this output.
+//! Prints the CRD as YAML; `crds/sentimentbatch.yaml` must equal this output.
 use kube::CustomResourceExt;
 
 fn main() {
-    print!("{}", serde_yaml::to_string(&kubesentiment_operator::crd::SentimentBatch::crd()).expect("the CRD serializes. This is a bug."));
+    let crd = kubesentiment_core::crd::SentimentBatch::crd();
+    print!("{}", serde_saphyr::to_string(&crd).expect("the CRD serializes. This is a bug."));
 }

@@ -19,11 +19,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use inference_api::metric_sums;
+use kubesentiment_core::config::ObjectStores;
+use kubesentiment_core::crd::Priority;
+use kubesentiment_core::rest::JobState;
+
 use self::corpus::Corpus;
 use self::report::{Admission, Latencies, Quantiles, Rejections, Report, Saturation, ServerSide};
 use self::target::{Fail, Follow, Kube, Rest, Target, Timings};
-use crate::crd::Priority;
-use crate::facade::wire::JobState;
 
 /// The brief's load-test scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -335,24 +338,11 @@ async fn baseline(run: &Run) -> Result<(Vec<f64>, usize)> {
     Ok((times, texts_sent))
 }
 
-/// Sums of each metric family in a Prometheus text page, over all label sets.
-fn scrape_text(body: &str) -> BTreeMap<String, f64> {
-    let mut sums = BTreeMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let name = series.split('{').next().unwrap_or(series);
-        if let Ok(v) = value.parse::<f64>() {
-            *sums.entry(name.to_string()).or_default() += v;
-        }
-    }
-    sums
-}
-
 async fn scrape(http: &reqwest::Client, urls: &[String]) -> BTreeMap<String, f64> {
     let mut total = BTreeMap::new();
     for url in urls {
         let Ok(resp) = http.get(format!("{url}/metrics")).send().await else { continue };
-        for (k, v) in scrape_text(&resp.text().await.unwrap_or_default()) {
+        for (k, v) in metric_sums(&resp.text().await.unwrap_or_default()) {
             *total.entry(k).or_default() += v;
         }
     }
@@ -398,7 +388,7 @@ pub async fn run(args: Args) -> Result<Report> {
         Via::Kube => {
             let client = kube::Client::try_default().await.context("--via kube needs a kubeconfig (KUBECONFIG)")?;
             let run = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-            Target::Kube(Kube::new(client, args.namespace.clone(), run, http.clone(), inference.clone(), args.page_size))
+            Target::Kube(Kube::new(client, args.namespace.clone(), run, ObjectStores::from_env(), inference.clone(), args.page_size))
         }
     };
     let operator: Vec<String> = args.operator_url.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
@@ -571,11 +561,8 @@ mod tests {
     }
 
     #[test]
-    fn metric_families_sum_over_their_labels() {
-        let page = "# HELP x y\n# TYPE x counter\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3.5\nh_sum 10\nh_count 4\nbad line\n";
-        let m = scrape_text(page);
-        assert_eq!(m["x_total"], 5.5);
-        assert_eq!((m["h_sum"], m["h_count"]), (10.0, 4.0));
+    fn deltas_between_scrapes() {
+        let m = metric_sums("h_sum 10\nh_count 4\n");
         assert_eq!(delta(&BTreeMap::from([("h_sum".into(), 4.0)]), &m, "h_sum"), Some(6.0));
         assert_eq!(delta(&m, &m, "absent"), None);
     }

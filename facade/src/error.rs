@@ -76,9 +76,20 @@ impl From<kube::Error> for ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<kubesentiment_core::store::StoreError> for ApiError {
+    fn from(e: kubesentiment_core::store::StoreError) -> Self {
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<kubesentiment_core::jobs::CreateError> for ApiError {
+    fn from(e: kubesentiment_core::jobs::CreateError) -> Self {
+        match e {
+            kubesentiment_core::jobs::CreateError::TooLarge { .. } => {
+                ApiError::TooLarge { field: Some("texts".into()), message: e.to_string() }
+            }
+            kubesentiment_core::jobs::CreateError::Kube(e) => e.into(),
+        }
     }
 }
 

@@ -6,21 +6,23 @@
 //!
 //! # Layout
 //! - [`input`]: request bodies parsed into valid submissions, or errors naming the field.
-//! - [`wire`]: the brief's response documents, read off the resource.
 //! - [`jobs`]: the job routes and the synchronous `/api/v1/predict`.
 //! - [`stream`]: WebSocket and Server-Sent Events, from a watch on one job.
 //! - [`auth`]: API keys → tenants (namespace and label), rate limits.
 //! - [`error`]: the one error type and its status map.
+//! - [`metrics`]: request count and latency by route template.
+//!
+//! The response documents are `kubesentiment_core::rest`, shared with the bench.
 
 pub mod auth;
 pub mod error;
 pub mod input;
 pub mod jobs;
+pub mod metrics;
 pub mod stream;
-pub mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -37,12 +39,14 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::config::AsyncBatch;
-use crate::crd::SentimentBatch;
-use crate::endpoints::Endpoints;
-use crate::metrics::HttpMetrics;
-use auth::Gate;
-use input::Limits;
+use inference_api::client::{HttpPredictor, RoundRobin};
+use kubesentiment_core::config::{AsyncBatch, ObjectStores};
+use kubesentiment_core::crd::SentimentBatch;
+use kubesentiment_core::endpoints::Endpoints;
+
+use self::auth::Gate;
+use self::input::Limits;
+use self::metrics::HttpMetrics;
 
 /// Everything the routes share.
 pub struct Facade {
@@ -54,13 +58,16 @@ pub struct Facade {
     pub max_page_size: usize,
     /// `spec.output` of jobs submitted here; `None` keeps results in ConfigMaps.
     pub output: Option<String>,
+    /// Settings of the object store behind `s3://` results.
+    pub stores: ObjectStores,
     pub endpoints: watch::Receiver<Endpoints>,
-    pub http: reqwest::Client,
-    pub next_endpoint: AtomicUsize,
+    /// The synchronous predict's client, and its turn among the endpoints.
+    pub predictor: HttpPredictor,
+    pub round_robin: RoundRobin,
     /// The last non-zero throughput seen, as f64 bits.
     pub last_tps: AtomicU64,
     pub metrics: HttpMetrics,
-    /// The cache has its first full list.
+    /// The job cache and the endpoint list both hold their first full list.
     pub ready: AtomicBool,
 }
 

@@ -7,12 +7,14 @@
 
 use std::collections::BTreeSet;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cli::ServiceRef;
 
 /// Base URLs (`http://host:port`) of every ready endpoint, sorted.
 pub type Endpoints = Vec<String>;
@@ -42,32 +44,39 @@ pub fn urls(slices: &[impl std::ops::Deref<Target = EndpointSlice>]) -> Endpoint
     out.into_iter().collect()
 }
 
-/// Watches the Service's EndpointSlices until `stop`, publishing the URLs on change.
-pub fn watch(client: Client, namespace: &str, service: &str, stop: CancellationToken) -> watch::Receiver<Endpoints> {
-    let (tx, rx) = watch::channel(Vec::new());
-    let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
-    let cfg = watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
-    let (reader, writer) = reflector::store();
-    // Every event, not only touched objects: the store publishes the initial list at InitDone.
-    let stream = reflector(writer, watcher(api, cfg)).default_backoff();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                ev = stream.next() => match ev {
-                    None => break,
-                    Some(Err(e)) => tracing::warn!(error = %e, "watching EndpointSlices"),
-                    Some(Ok(_)) => {}
-                },
-            }
-            let now = urls(&reader.state());
-            tx.send_if_modified(|cur| (*cur != now).then(|| *cur = now).is_some());
-        }
-    });
-    rx
+/// The watched endpoints: their URLs as they change, and whether the first full list
+/// has arrived (before it, no endpoints means "not known yet", not "none").
+pub struct Watched {
+    pub urls: watch::Receiver<Endpoints>,
+    synced: watch::Receiver<bool>,
 }
 
+impl Watched {
+    /// Returns once the first full list of EndpointSlices is in `urls`.
+    pub async fn synced(&self) {
+        let _ = self.synced.clone().wait_for(|s| *s).await;
+    }
+}
+
+/// Watches the Service's EndpointSlices until `stop`, on a task of `tasks`, publishing
+/// the URLs on change.
+pub fn watch(client: Client, service: &ServiceRef, tasks: &TaskTracker, stop: CancellationToken) -> Watched {
+    let (tx, urls_rx) = watch::channel(Vec::new());
+    let (synced_tx, synced) = watch::channel(false);
+    let api: Api<EndpointSlice> = Api::namespaced(client, &service.namespace);
+    let cfg = watcher::Config::default().labels(&format!("kubernetes.io/service-name={}", service.name));
+    let (reader, writer) = reflector::store();
+    // Every event, not only touched objects: the store has the initial list at InitDone.
+    let stream = reflector(writer, watcher(api, cfg)).default_backoff();
+    tasks.spawn(crate::watch::drive(stream, "EndpointSlices", stop, move |event| {
+        let now = urls(&reader.state());
+        tx.send_if_modified(|cur| (*cur != now).then(|| *cur = now).is_some());
+        if matches!(event, watcher::Event::InitDone) {
+            synced_tx.send_replace(true);
+        }
+    }));
+    Watched { urls: urls_rx, synced }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! The brief's JSON documents, field for field, and how each is read off a
-//! `SentimentBatch`. Nothing here is stored: every document is a view of the resource.
+//! The REST API's JSON documents (the brief's, field for field), and how each is read off
+//! a `SentimentBatch`. The facade serves them and the bench reads them. Nothing here is
+//! stored: every document is a view of the resource.
 
 use std::collections::BTreeMap;
 
@@ -7,13 +8,14 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::crd::{Phase, Priority, SentimentBatch};
+use crate::status;
 use crate::store::ResultLine;
 
 /// The answer to a submission (202): the brief's `BatchJobResponse`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchJobResponse {
     pub job_id: String,
     pub status: JobState,
@@ -27,7 +29,8 @@ pub struct BatchJobResponse {
 }
 
 /// A job's state: the brief's `BatchJobStatus`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchJobStatus {
     pub job_id: String,
     pub status: JobState,
@@ -36,20 +39,21 @@ pub struct BatchJobStatus {
     pub failed_texts: i64,
     pub progress_percentage: f64,
     pub created_at: f64,
-    #[schema(required = true)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub started_at: Option<f64>,
-    #[schema(required = true)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub completed_at: Option<f64>,
-    #[schema(required = true)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub estimated_completion_seconds: Option<i64>,
     pub priority: Priority,
     /// Why a failed or expired job ended, else null.
-    #[schema(required = true)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub error: Option<String>,
 }
 
 /// The brief's job states; `Pending` → `pending`, `Running` → `processing`, and so on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Pending,
@@ -90,7 +94,8 @@ impl JobState {
 }
 
 /// One page of results: the brief's results document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultsPage {
     pub job_id: String,
     pub status: JobState,
@@ -101,16 +106,17 @@ pub struct ResultsPage {
     pub page: usize,
     pub page_size: usize,
     pub has_more: bool,
-    #[schema(required = true)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub summary: Option<JobSummary>,
 }
 
 /// One text's result: the brief's per-result fields, plus its position and the client's
 /// id. A failed text has `error` and no prediction fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultItem {
     pub index: usize,
-    #[schema(required = true)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub custom_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
@@ -159,7 +165,8 @@ impl From<ResultLine> for ResultItem {
 }
 
 /// The brief's summary, over the texts processed so far.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSummary {
     pub total_texts: i64,
     pub successful_predictions: i64,
@@ -173,26 +180,13 @@ fn epoch(t: &Time) -> f64 {
     t.0.as_millisecond() as f64 / 1000.0
 }
 
-/// The job's texts: from the status once the operator has read the source; before that,
-/// an inline batch's size is still known.
-pub fn total_texts(batch: &SentimentBatch) -> i64 {
-    match batch.status.as_ref().map_or(0, |s| s.total_texts) {
-        0 => batch.spec.texts.as_ref().map_or(0, |t| t.len() as i64),
-        n => n,
-    }
-}
-
 /// The job's id is the resource's name.
 pub fn status_of(batch: &SentimentBatch) -> BatchJobStatus {
     let s = batch.status.clone().unwrap_or_default();
-    let state = JobState::of(batch.phase());
-    let error = matches!(state, JobState::Failed | JobState::Expired)
-        .then(|| s.conditions.iter().find(|c| c.type_ == "Complete").map(|c| format!("{}: {}", c.reason, c.message)))
-        .flatten();
     BatchJobStatus {
         job_id: batch.name_any(),
-        status: state,
-        total_texts: total_texts(batch),
+        status: JobState::of(batch.phase()),
+        total_texts: status::total_texts(batch),
         processed_texts: s.processed_texts,
         failed_texts: s.failed_texts,
         progress_percentage: s.progress_percentage,
@@ -201,7 +195,7 @@ pub fn status_of(batch: &SentimentBatch) -> BatchJobStatus {
         completed_at: s.completed_at.as_ref().map(epoch),
         estimated_completion_seconds: s.estimated_completion_seconds,
         priority: batch.spec.priority,
-        error,
+        error: status::ended_because(batch),
     }
 }
 
@@ -219,7 +213,8 @@ pub fn summary_of(batch: &SentimentBatch) -> Option<JobSummary> {
 }
 
 /// `GET /api/v1/batch/queue/status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueStatus {
     pub priorities: BTreeMap<String, PriorityQueue>,
     /// Jobs being processed now.
@@ -231,7 +226,8 @@ pub struct QueueStatus {
     pub throughput_tps: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PriorityQueue {
     /// Jobs not yet final.
     pub queued_jobs: usize,
@@ -243,7 +239,8 @@ pub struct PriorityQueue {
 }
 
 /// `GET /api/v1/batch/metrics`: the brief's metrics, over the jobs this key can see.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchMetrics {
     pub total_jobs: usize,
     /// Jobs by state.

@@ -15,11 +15,11 @@ use kube::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 
-use super::Facade;
-use super::auth::Tenant;
-use super::error::ApiError;
-use super::wire::{self, BatchJobStatus, JobState};
-use crate::crd::SentimentBatch;
+use crate::Facade;
+use crate::auth::Tenant;
+use crate::error::ApiError;
+use kubesentiment_core::crd::SentimentBatch;
+use kubesentiment_core::rest::{self, BatchJobStatus, JobState};
 
 /// The job's status documents, each different from the one before, ending with the
 /// first final one. That one is held back until the facade's cache also has the job
@@ -29,7 +29,7 @@ fn follow(f: &Facade, tenant: &Tenant, id: &str) -> impl Stream<Item = BatchJobS
     let api = Api::<SentimentBatch>::namespaced(f.client.clone(), &tenant.namespace);
     let (cache, key) = (f.jobs.clone(), ObjectRef::new(id).within(&tenant.namespace));
     let cfg = watcher::Config::default().fields(&format!("metadata.name={id}"));
-    let docs = watcher(api, cfg).default_backoff().applied_objects().filter_map(|ev| async move { ev.ok().map(|b| wire::status_of(&b)) });
+    let docs = watcher(api, cfg).default_backoff().applied_objects().filter_map(|ev| async move { ev.ok().map(|b| rest::status_of(&b)) });
     let mut last: Option<BatchJobStatus> = None;
     let changed = docs.filter(move |doc| {
         let new = last.as_ref() != Some(doc);

@@ -1,7 +1,7 @@
-//! Load-tests a running stack with the feature brief's scenarios; see `bench`.
+//! Load-tests a running stack with the feature brief's scenarios; see the library.
 
 use clap::Parser;
-use kubesentiment_operator::bench::{Args, run};
+use kubesentiment_bench::{Args, run};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -6,9 +6,10 @@ use serde::Deserialize;
 use serde_json::error::Category;
 use utoipa::ToSchema;
 
-use super::error::ApiError;
-use crate::crd::{MAX_TEXT_CHARS, Priority};
-use crate::source::MAX_ID_CHARS as MAX_CUSTOM_ID_CHARS;
+use kubesentiment_core::crd::{MAX_ID_CHARS as MAX_CUSTOM_ID_CHARS, MAX_TEXT_CHARS, Priority};
+use kubesentiment_core::jobs::NewJob;
+
+use crate::error::ApiError;
 
 /// What a request may carry.
 #[derive(Clone, Copy, Debug)]
@@ -58,16 +59,16 @@ pub struct PredictRequest {
     pub texts: Vec<String>,
 }
 
-/// A valid submission.
+/// A valid submission: a job ready to create.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Submission {
-    pub texts: Vec<String>,
-    /// Present when any item carried a `custom_id`.
-    pub ids: Option<Vec<Option<String>>>,
-    pub priority: Priority,
-    pub max_batch_size: Option<i32>,
-    pub timeout_seconds: Option<i32>,
-    pub model: Option<String>,
+pub struct Submission(pub NewJob);
+
+impl std::ops::Deref for Submission {
+    type Target = NewJob;
+
+    fn deref(&self) -> &NewJob {
+        &self.0
+    }
 }
 
 /// Parses JSON into `T`, naming the field at fault on error.
@@ -139,14 +140,14 @@ impl Submission {
             Some(m) if m.is_empty() || m.len() > 253 => return Err(ApiError::invalid("model", "model must have 1 to 253 characters")),
             m => m,
         };
-        Ok(Submission {
+        Ok(Submission(NewJob {
             ids: ids.iter().any(Option::is_some).then_some(ids),
             texts,
             priority: req.priority,
             max_batch_size: in_range("max_batch_size", req.max_batch_size, 10_000)?,
             timeout_seconds: in_range("timeout_seconds", req.timeout_seconds, limits.max_timeout_seconds.min(604_800))?,
             model,
-        })
+        }))
     }
 }
 

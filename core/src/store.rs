@@ -19,19 +19,15 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
+use crate::config::ObjectStores;
 use crate::crd::SentimentBatch;
+use crate::names::{BATCH_UID_LABEL, MANAGER, RESULTS_KIND_LABEL as KIND_LABEL};
 
-/// The field manager of everything the operator writes.
-pub const MANAGER: &str = "kubesentiment-operator";
-/// Label on every result ConfigMap: the UID of its batch.
-pub const BATCH_UID_LABEL: &str = "kubesentiment.io/batch-uid";
-const KIND_LABEL: &str = "kubesentiment.io/results";
 const DATA_KEY: &str = "results.jsonl";
 /// Most texts in one ConfigMap part: a line is at most ~1.4 KB (a 256-character id of
 /// 4-byte characters plus the prediction), so a part stays well under the 1 MiB limit.
@@ -94,6 +90,8 @@ pub enum StoreError {
 
 /// A batch's results store.
 #[derive(Clone)]
+// One per running batch, never in a collection that its size would weigh on.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     ConfigMaps {
         api: Api<ConfigMap>,
@@ -107,8 +105,9 @@ pub enum Store {
 }
 
 impl Store {
-    /// The store for `batch`, from its `spec.output`.
-    pub fn for_batch(client: &Client, batch: &SentimentBatch) -> Result<Self, StoreError> {
+    /// The store for `batch`, from its `spec.output`; `s3://` outputs use `stores`'
+    /// settings (endpoint, region, credentials).
+    pub fn for_batch(client: &Client, batch: &SentimentBatch, stores: &ObjectStores) -> Result<Self, StoreError> {
         let namespace = batch.namespace().unwrap_or_default();
         let uid = batch.uid().unwrap_or_default();
         let name = batch.name_any();
@@ -125,8 +124,7 @@ impl Store {
                 let bad = |why: String| StoreError::BadUrl { url: output.clone(), why };
                 let url = url::Url::parse(output).map_err(|e| bad(e.to_string()))?;
                 let store: Arc<dyn ObjectStore> = match url.scheme() {
-                    // Endpoint, region and credentials from the operator's AWS_* environment.
-                    "s3" => Arc::new(AmazonS3Builder::from_env().with_url(output).build().map_err(|e| bad(e.to_string()))?),
+                    "s3" => Arc::new(stores.s3().with_url(output).build().map_err(|e| bad(e.to_string()))?),
                     "file" => Arc::new(LocalFileSystem::new()),
                     other => return Err(bad(format!("unsupported scheme {other:?}; use s3:// or file:///"))),
                 };

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -18,15 +17,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::crd::{Priority, SentimentBatch};
-use crate::facade::error::ApiError;
-use crate::facade::input::Submission;
-use crate::facade::jobs::create;
-use crate::facade::wire::{BatchJobResponse, BatchJobStatus, JobState, ResultsPage, total_texts};
-use crate::store::Store;
-
-/// Marks every SentimentBatch a `--via kube` run creates, with the run's id.
-pub const RUN_LABEL: &str = "kubesentiment.io/bench-run";
+use inference_api::client::{HttpPredictor, PredictError, RoundRobin};
+use kubesentiment_core::config::ObjectStores;
+use kubesentiment_core::crd::{Priority, SentimentBatch};
+use kubesentiment_core::jobs::{self, CreateError, NewJob, Origin};
+use kubesentiment_core::names::BENCH_RUN_LABEL as RUN_LABEL;
+use kubesentiment_core::rest::{BatchJobResponse, BatchJobStatus, JobState, ResultsPage};
+use kubesentiment_core::status::total_texts;
+use kubesentiment_core::store::Store;
 
 /// Why a call did not succeed.
 #[derive(Debug)]
@@ -91,24 +89,35 @@ impl Target {
         }
     }
 
-    /// One synchronous prediction request.
+    /// One synchronous prediction request: the facade's `/api/v1/predict`, or the next
+    /// inference server in turn.
     pub async fn predict(&self, texts: &[String]) -> Result<(), Fail> {
-        let (http, url, key) = match self {
-            Target::Rest(r) => (&r.http, format!("{}/api/v1/predict", r.base), r.key.as_deref()),
+        let got = match self {
+            Target::Rest(r) => {
+                let mut req = r.http.post(format!("{}/api/v1/predict", r.base)).json(&serde_json::json!({"texts": texts}));
+                if let Some(key) = &r.key {
+                    req = req.bearer_auth(key);
+                }
+                json::<inference_api::PredictResponse>(req.send().await?).await?.results.len()
+            }
             Target::Kube(k) => {
-                let n = k.next.fetch_add(1, Ordering::Relaxed);
-                let base =
-                    k.inference.get(n % k.inference.len().max(1)).context("--via kube needs --inference-url for the sync baseline")?;
-                (&k.http, format!("{base}/v1/predict"), None)
+                if k.inference.is_empty() {
+                    return Err(anyhow!("--via kube needs --inference-url for the sync baseline").into());
+                }
+                match k.round_robin.predict(&k.predictor, &k.inference, texts).await {
+                    Ok(results) => results.len(),
+                    Err(PredictError::Busy { retry_after, .. }) => {
+                        return Err(Fail::Busy {
+                            kind: "inference_busy".into(),
+                            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+                        });
+                    }
+                    Err(e) => return Err(anyhow!("sync predict: {e}").into()),
+                }
             }
         };
-        let mut req = http.post(url).json(&serde_json::json!({"texts": texts}));
-        if let Some(key) = key {
-            req = req.bearer_auth(key);
-        }
-        let resp: inference_api::PredictResponse = json(req.send().await?).await?;
-        if resp.results.len() != texts.len() {
-            return Err(anyhow!("sync predict answered {} results for {} texts", resp.results.len(), texts.len()).into());
+        if got != texts.len() {
+            return Err(anyhow!("sync predict answered {got} results for {} texts", texts.len()).into());
         }
         Ok(())
     }
@@ -317,10 +326,12 @@ pub struct Kube {
     pub client: Client,
     pub namespace: String,
     pub run: String,
-    pub http: reqwest::Client,
+    /// Settings of the object store behind `s3://` results.
+    pub stores: ObjectStores,
     pub inference: Vec<String>,
     pub page_size: usize,
-    next: AtomicUsize,
+    predictor: HttpPredictor,
+    round_robin: RoundRobin,
     jobs: std::sync::Arc<Mutex<HashMap<String, watch::Sender<Option<SentimentBatch>>>>>,
 }
 
@@ -334,7 +345,7 @@ fn channel(jobs: &Mutex<HashMap<String, watch::Sender<Option<SentimentBatch>>>>,
 
 impl Kube {
     /// Starts the watch; it ends with the runtime.
-    pub fn new(client: Client, namespace: String, run: String, http: reqwest::Client, inference: Vec<String>, page_size: usize) -> Kube {
+    pub fn new(client: Client, namespace: String, run: String, stores: ObjectStores, inference: Vec<String>, page_size: usize) -> Kube {
         let jobs: std::sync::Arc<Mutex<HashMap<_, watch::Sender<_>>>> = Default::default();
         let api = Api::<SentimentBatch>::namespaced(client.clone(), &namespace);
         let events = watcher(api, watcher::Config::default().labels(&format!("{RUN_LABEL}={run}"))).default_backoff().applied_objects();
@@ -347,15 +358,22 @@ impl Kube {
                 }
             }
         });
-        Kube { client, namespace, run, http, inference, page_size, next: AtomicUsize::new(0), jobs }
+        let predictor = HttpPredictor::new(Duration::from_secs(120));
+        Kube { client, namespace, run, stores, inference, page_size, predictor, round_robin: RoundRobin::default(), jobs }
     }
 
     async fn submit(&self, texts: Vec<String>, priority: Priority) -> Result<String, Fail> {
-        let labels = BTreeMap::from([(RUN_LABEL.to_string(), self.run.clone())]);
-        let sub = Submission { texts, ids: None, priority, max_batch_size: None, timeout_seconds: None, model: None };
-        match create(&self.client, &self.namespace, labels, "bench", None, sub).await {
+        let origin = Origin {
+            namespace: self.namespace.clone(),
+            labels: BTreeMap::from([(RUN_LABEL.to_string(), self.run.clone())]),
+            submitted_by: "bench",
+            output: None,
+        };
+        match jobs::create(&self.client, &origin, NewJob::texts(texts, priority)).await {
             Ok(batch) => Ok(batch.name_any()),
-            Err(ApiError::Busy { code, retry_after, .. }) => Err(Fail::Busy { kind: code.to_string(), retry_after }),
+            Err(CreateError::Kube(kube::Error::Api(s))) if s.code == 429 => {
+                Err(Fail::Busy { kind: "api_server_busy".into(), retry_after: Duration::from_secs(1) })
+            }
             Err(e) => Err(Fail::Other(e.into())),
         }
     }
@@ -371,7 +389,7 @@ impl Kube {
             rx.changed().await.map_err(|_| anyhow!("the watch of the run's jobs ended"))?;
         };
         let total = total_texts(&batch) as usize;
-        let store = Store::for_batch(&self.client, &batch)?;
+        let store = Store::for_batch(&self.client, &batch, &self.stores)?;
         let mut results = 0;
         for start in (0..total).step_by(self.page_size.max(1)) {
             let began = Instant::now();

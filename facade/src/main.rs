@@ -1,33 +1,30 @@
 //! `kubesentiment-facade`: the brief's REST API, every job a `SentimentBatch`.
 //! Stateless: run as many replicas as you like behind one Service.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Parser;
-use futures_util::StreamExt;
+use inference_api::client::HttpPredictor;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
+use kubesentiment_core::cli::{Common, shutdown_on_signal};
+use kubesentiment_core::config::ObjectStores;
+use kubesentiment_core::crd::SentimentBatch;
+use kubesentiment_core::endpoints;
+use kubesentiment_facade::auth::{Gate, Keys, RateLimits};
+use kubesentiment_facade::input::Limits;
+use kubesentiment_facade::{self as facade, Facade};
 use tokio_util::sync::CancellationToken;
-
-use kubesentiment_operator::config::{AsyncBatch, Overrides};
-use kubesentiment_operator::crd::SentimentBatch;
-use kubesentiment_operator::facade::auth::{Gate, Keys, RateLimits};
-use kubesentiment_operator::facade::input::Limits;
-use kubesentiment_operator::facade::{self, Facade};
-use kubesentiment_operator::{endpoints, http};
+use tokio_util::task::TaskTracker;
 
 #[derive(Parser)]
 #[command(version, about = "The batch sentiment REST API; every job is a SentimentBatch resource")]
 struct Cli {
-    /// YAML file with the `async_batch` settings (queue limits, timeouts); env and flags override it.
-    #[arg(long, env = "KUBESENTIMENT_CONFIG")]
-    config: Option<PathBuf>,
     #[command(flatten)]
-    overrides: Overrides,
+    common: Common,
     /// Namespace of the jobs of keys that name none, and of every job without keys.
     #[arg(long, env = "KUBESENTIMENT_JOBS_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -53,11 +50,6 @@ struct Cli {
     /// `spec.output` of submitted jobs (`s3://…`, `file:///…`); unset: ConfigMaps.
     #[arg(long, env = "KUBESENTIMENT_OUTPUT")]
     output: Option<String>,
-    /// The inference Service, as NAMESPACE/NAME, for `POST /api/v1/predict`.
-    #[arg(long, env = "KUBESENTIMENT_INFERENCE_SERVICE", default_value = "kubesentiment-system/inference-server")]
-    inference_service: String,
-    #[arg(long, env = "KUBESENTIMENT_HOST", default_value = "0.0.0.0")]
-    host: String,
     /// 0 picks a free port; the address is logged.
     #[arg(long, env = "KUBESENTIMENT_PORT", default_value_t = 8000)]
     port: u16,
@@ -65,18 +57,15 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    http::init_tracing();
     let cli = Cli::parse();
-    let cfg = AsyncBatch::load(cli.config.as_deref(), &cli.overrides).context("invalid configuration")?;
-    let Some((svc_ns, svc_name)) = cli.inference_service.split_once('/') else {
-        bail!("--inference-service must be NAMESPACE/NAME, not {:?}", cli.inference_service);
-    };
+    let cfg = cli.common.start().context("invalid configuration")?;
     let keys = Keys::parse(&cli.api_keys, &cli.namespace).map_err(anyhow::Error::msg).context("KUBESENTIMENT_API_KEYS")?;
     if !keys.enabled() {
         tracing::warn!("no API keys configured: every request is accepted");
     }
     let client = Client::try_default().await.context("connecting to the Kubernetes API server")?;
     let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
 
     // One watch cache over the namespaces the tenants use.
     let namespaces = keys.namespaces();
@@ -87,26 +76,24 @@ async fn main() -> anyhow::Result<()> {
     api.list(&kube::api::ListParams::default().limit(1)).await.context("listing SentimentBatches: is the CRD installed (crds/)?")?;
     let (store, writer) = reflector::store();
     let cache = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    tasks.spawn(kubesentiment_core::watch::drive(cache, "SentimentBatches", stop.clone(), |_| {}));
+    let endpoints = endpoints::watch(client.clone(), &cli.common.inference_service, &tasks, stop.clone());
 
     let facade = Arc::new(Facade {
         client: client.clone(),
         jobs: store.clone(),
-        cfg,
         limits: Limits {
             max_texts: cli.max_batch_size_per_request,
             max_text_length: cli.max_text_length,
-            max_timeout_seconds: AsyncBatch::default().max_timeout_seconds,
+            max_timeout_seconds: cfg.max_timeout_seconds,
         },
+        cfg,
         max_page_size: cli.max_page_size.max(1),
         output: cli.output,
-        endpoints: endpoints::watch(client, svc_ns, svc_name, stop.clone()),
-        http: reqwest::Client::builder()
-            // hickory resolves `*.localhost` to loopback (RFC 6761), as e2e/up.sh registers endpoints.
-            .hickory_dns(true)
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("building the HTTP client")?,
-        next_endpoint: 0.into(),
+        stores: ObjectStores::from_env(),
+        endpoints: endpoints.urls.clone(),
+        predictor: HttpPredictor::new(Duration::from_secs(30)),
+        round_robin: Default::default(),
         last_tps: 0.into(),
         metrics: Default::default(),
         ready: false.into(),
@@ -115,38 +102,27 @@ async fn main() -> anyhow::Result<()> {
         keys,
         RateLimits { max_requests_per_minute: cli.max_requests_per_minute, max_concurrent_users: cli.max_concurrent_users },
     ));
-
     {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut cache = std::pin::pin!(cache);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    ev = cache.next() => match ev {
-                        None => break,
-                        Some(Err(e)) => tracing::warn!(error = %e, "watching SentimentBatches"),
-                        Some(Ok(_)) => {}
-                    },
-                }
-            }
-        });
-    }
-    {
-        let facade = facade.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                facade.ready.store(true, Ordering::Relaxed);
+        let (facade, stop) = (facade.clone(), stop.clone());
+        tasks.spawn(async move {
+            // Ready once both caches hold their first full list.
+            let synced = async {
+                let jobs = store.wait_until_ready().await.is_ok();
+                endpoints.synced().await;
+                jobs
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                ok = synced => if ok { facade.ready.store(true, Ordering::Relaxed) },
             }
         });
     }
 
-    let listener =
-        tokio::net::TcpListener::bind((cli.host.as_str(), cli.port)).await.with_context(|| format!("binding {}:{}", cli.host, cli.port))?;
-    let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
-    eprintln!("listening on {addr}");
-    tokio::spawn(http::shutdown_on_signal(stop.clone()));
-    axum::serve(listener, facade::router(facade, gate, cli.max_body_bytes)).with_graceful_shutdown(stop.cancelled_owned()).await?;
+    let (listener, _) = cli.common.listen(cli.port).await.with_context(|| format!("binding {}:{}", cli.common.host, cli.port))?;
+    tokio::spawn(shutdown_on_signal(stop.clone()));
+    axum::serve(listener, facade::router(facade, gate, cli.max_body_bytes)).with_graceful_shutdown(stop.clone().cancelled_owned()).await?;
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }

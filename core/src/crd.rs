@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 /// Most texts an inline batch may carry; larger inputs belong in a ConfigMap or S3.
 pub const MAX_INLINE_TEXTS: usize = 1000;
-/// Longest text, in characters, an inline batch may carry.
+/// Longest text, in characters, a batch may carry.
 pub const MAX_TEXT_CHARS: usize = 10_000;
-/// The finalizer that lets the operator stop work and clean up non-owned outputs.
-pub const FINALIZER: &str = "kubesentiment.io/cleanup";
+/// Longest caller's `id` of a text, so result parts stay bounded.
+pub const MAX_ID_CHARS: usize = 256;
+/// Most texts one batch may hold, from any source.
+pub const MAX_TEXTS: usize = 1_000_000;
 
 /// One batch of texts to classify, from inline texts, a ConfigMap or an S3 object.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -41,7 +43,7 @@ pub const FINALIZER: &str = "kubesentiment.io/cleanup";
 pub struct SentimentBatchSpec {
     /// The texts themselves, for small batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1000), inner(length(min = 1, max = 10000)))]
+    #[schemars(length(min = 1, max = MAX_INLINE_TEXTS), inner(length(min = 1, max = MAX_TEXT_CHARS)))]
     pub texts: Option<Vec<String>>,
     /// Where to read the texts from, for large batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,7 +134,8 @@ pub struct SecretRef {
 }
 
 /// Scheduling priority; higher levels are served first, with aging.
-#[derive(JsonSchema, utoipa::ToSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     High,

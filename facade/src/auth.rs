@@ -16,13 +16,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use kubesentiment_core::names::TENANT_LABEL;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use super::error::ApiError;
-
-/// The label that marks a job as a tenant's: the first 16 hex digits of its key's SHA-256.
-pub const TENANT_LABEL: &str = "kubesentiment.io/tenant";
+use crate::error::ApiError;
 
 /// Whose jobs a request may touch.
 #[derive(Clone, Debug, PartialEq)]

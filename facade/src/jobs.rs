@@ -10,35 +10,27 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use inference_api::client::PredictError;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
+use kubesentiment_core::admission;
+use kubesentiment_core::crd::{Phase, Priority, SentimentBatch};
+use kubesentiment_core::jobs::{self, Origin};
+use kubesentiment_core::names::TENANT_LABEL;
+use kubesentiment_core::rest::{self, BatchJobResponse, BatchJobStatus, BatchMetrics, JobState, PriorityQueue, QueueStatus, ResultsPage};
+use kubesentiment_core::status::remaining_texts;
+use kubesentiment_core::store::Store;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::Facade;
-use super::auth::{TENANT_LABEL, Tenant};
-use super::error::ApiError;
-use super::input::Submission;
-use super::wire::{self, BatchJobResponse, BatchJobStatus, BatchMetrics, JobState, PriorityQueue, QueueStatus, ResultsPage};
-use crate::crd::{ConfigMapKeyRef, Phase, Priority, SentimentBatch, SentimentBatchSpec, TextSource};
-use crate::store::Store;
-
-/// Label on an input ConfigMap: the job it holds texts for.
-const JOB_LABEL: &str = "kubesentiment.io/job";
-/// Annotation marking a job as submitted over REST.
-const SUBMITTED_BY: &str = "kubesentiment.io/submitted-by";
-/// Inline texts up to this many bytes stay in the resource; larger inputs go to a ConfigMap.
-const MAX_INLINE_BYTES: usize = 256 * 1024;
-/// The CRD's limit on `spec.texts`.
-const MAX_INLINE_TEXTS: usize = 1000;
-/// A ConfigMap holds at most 1 MiB; leave room for its metadata.
-const MAX_CONFIGMAP_BYTES: usize = 1000 * 1024;
+use crate::Facade;
+use crate::auth::Tenant;
+use crate::error::ApiError;
+use crate::input::Submission;
 
 pub fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     b.map_err(|r| match r.status() {
@@ -91,12 +83,8 @@ fn active(j: &SentimentBatch) -> bool {
     !j.phase().is_final()
 }
 
-fn remaining(j: &SentimentBatch) -> i64 {
-    (wire::total_texts(j) - j.status.as_ref().map_or(0, |s| s.processed_texts)).max(0)
-}
-
 /// Submit a batch job. Returns at once; the job runs in the background.
-#[utoipa::path(post, path = "/api/v1/batch/predict", tag = "batch", request_body = super::input::BatchRequest,
+#[utoipa::path(post, path = "/api/v1/batch/predict", tag = "batch", request_body = crate::input::BatchRequest,
     responses((status = 202, body = BatchJobResponse, headers(("Location" = String, description = "the job's status URL"))),
         (status = 400, body = inference_api::ErrorBody), (status = 401, body = inference_api::ErrorBody),
         (status = 413, body = inference_api::ErrorBody), (status = 422, body = inference_api::ErrorBody),
@@ -109,21 +97,33 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let sub = Submission::decode(&body(raw)?, &f.limits)?;
     let all = f.jobs.state();
-    let queued = all.iter().filter(|j| active(j) && j.spec.priority == sub.priority).count();
-    let limit = f.cfg.limit(sub.priority);
-    if queued >= limit || all.iter().filter(|j| active(j)).count() >= f.cfg.max_jobs {
+    let active_per_level = admission::per_level(all.iter().filter(|j| active(j)).map(|j| j.spec.priority));
+    let limits = f.cfg.admission();
+    if limits.admits(active_per_level, sub.priority).is_err() {
         return Err(ApiError::Busy {
             code: "queue_full",
-            message: format!("the {} queue is full ({queued} of {limit} jobs)", sub.priority.as_str()),
+            message: format!(
+                "the {} queue is full ({} of {} jobs; {} of {} in all)",
+                sub.priority.as_str(),
+                active_per_level[sub.priority.level()],
+                limits.limit(sub.priority),
+                active_per_level.iter().sum::<usize>(),
+                limits.max_jobs
+            ),
             retry_after: Duration::from_secs(5),
         });
     }
-    let ahead: i64 = all.iter().filter(|j| active(j) && j.spec.priority <= sub.priority).map(|j| remaining(j)).sum();
+    let ahead: i64 = all.iter().filter(|j| active(j) && j.spec.priority <= sub.priority).map(|j| remaining_texts(j)).sum();
     let tps = f.throughput(&all).max(1.0);
     let total = sub.texts.len() as i64;
-    let labels = tenant.label.iter().map(|l| (TENANT_LABEL.to_string(), l.clone())).collect();
-    let job = create(&f.client, &tenant.namespace, labels, "rest", f.output.clone(), sub).await?;
-    let mut status = wire::status_of(&job);
+    let origin = Origin {
+        namespace: tenant.namespace.clone(),
+        labels: tenant.label.iter().map(|l| (TENANT_LABEL.to_string(), l.clone())).collect(),
+        submitted_by: "rest",
+        output: f.output.clone(),
+    };
+    let job = jobs::create(&f.client, &origin, sub.0).await?;
+    let mut status = rest::status_of(&job);
     status.total_texts = total;
     let resp = BatchJobResponse {
         job_id: status.job_id,
@@ -139,88 +139,6 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(resp)).into_response())
 }
 
-/// Creates a job named by a new UUID, with its texts inline or, for large or id-carrying
-/// inputs, in a ConfigMap the job then owns. `submitted_by` names the client kind
-/// (`rest`, `bench`).
-pub async fn create(
-    client: &Client,
-    namespace: &str,
-    labels: BTreeMap<String, String>,
-    submitted_by: &str,
-    output: Option<String>,
-    sub: Submission,
-) -> Result<SentimentBatch, ApiError> {
-    let name = uuid::Uuid::new_v4().to_string();
-    let bytes: usize =
-        sub.texts.iter().map(|t| t.len() + 4).sum::<usize>() + sub.ids.iter().flatten().flatten().map(|i| i.len() + 16).sum::<usize>();
-    let mut spec = SentimentBatchSpec {
-        texts: None,
-        source: None,
-        priority: sub.priority,
-        timeout_seconds: sub.timeout_seconds,
-        max_batch_size: sub.max_batch_size,
-        model: sub.model,
-        output,
-        cancel: false,
-    };
-    let input = if sub.ids.is_none() && bytes <= MAX_INLINE_BYTES && sub.texts.len() <= MAX_INLINE_TEXTS {
-        spec.texts = Some(sub.texts);
-        None
-    } else if bytes <= MAX_CONFIGMAP_BYTES {
-        let items: Vec<serde_json::Value> = match &sub.ids {
-            Some(ids) => sub.texts.iter().zip(ids).map(|(t, id)| serde_json::json!({"text": t, "id": id})).collect(),
-            None => sub.texts.iter().map(|t| serde_json::json!({"text": t})).collect(),
-        };
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}-input")),
-                labels: Some(labels.clone().into_iter().chain([(JOB_LABEL.to_string(), name.clone())]).collect()),
-                ..Default::default()
-            },
-            data: Some([("texts.json".to_string(), serde_json::Value::Array(items).to_string())].into()),
-            ..Default::default()
-        };
-        spec.source = Some(TextSource {
-            config_map_key_ref: Some(ConfigMapKeyRef { name: format!("{name}-input"), key: "texts.json".into() }),
-            s3: None,
-        });
-        Some(cm)
-    } else {
-        return Err(ApiError::TooLarge {
-            field: Some("texts".into()),
-            message: format!("{bytes} bytes of texts exceed the {MAX_CONFIGMAP_BYTES}-byte limit of one job"),
-        });
-    };
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    if let Some(cm) = &input {
-        cms.create(&PostParams::default(), cm).await?;
-    }
-    let mut batch = SentimentBatch::new(&name, spec);
-    batch.metadata.labels = Some(labels);
-    batch.metadata.annotations = Some([(SUBMITTED_BY.to_string(), submitted_by.to_string())].into());
-    let batch = match Api::<SentimentBatch>::namespaced(client.clone(), namespace).create(&PostParams::default(), &batch).await {
-        Ok(b) => b,
-        Err(e) => {
-            // No job will own the input: remove it rather than leave it behind.
-            if input.is_some() {
-                if let Err(e) = cms.delete(&format!("{name}-input"), &Default::default()).await {
-                    tracing::warn!(job = %name, error = %e, "could not delete the input ConfigMap of a job never created");
-                }
-            }
-            return Err(e.into());
-        }
-    };
-    if input.is_some() {
-        // The job owns its input, so deleting the job deletes it.
-        let owner = batch.controller_owner_ref(&()).expect("a created batch has a name and UID. This is a bug.");
-        let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
-        if let Err(e) = cms.patch(&format!("{name}-input"), &PatchParams::default(), &Patch::Merge(patch)).await {
-            tracing::warn!(job = %name, error = %e, "could not make the job own its input ConfigMap");
-        }
-    }
-    Ok(batch)
-}
-
 /// A job's state.
 #[utoipa::path(get, path = "/api/v1/batch/status/{job_id}", tag = "batch", params(("job_id" = String, Path)),
     responses((status = 200, body = BatchJobStatus), (status = 401, body = inference_api::ErrorBody), (status = 404, body = inference_api::ErrorBody)),
@@ -230,7 +148,7 @@ pub async fn status(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
 ) -> Result<Json<BatchJobStatus>, ApiError> {
-    Ok(Json(wire::status_of(&*f.job(&tenant, &id).await?)))
+    Ok(Json(rest::status_of(&*f.job(&tenant, &id).await?)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -272,14 +190,14 @@ pub async fn results(
     }
     let job = f.job(&tenant, &id).await?;
     let page_size = q.page_size.min(f.max_page_size);
-    let status = wire::status_of(&job);
+    let status = rest::status_of(&job);
     let total = status.total_texts.max(0) as usize;
     let start = (q.page - 1).saturating_mul(page_size);
     let range = start.min(total)..start.saturating_add(page_size).min(total);
     let mut lines = if range.is_empty() || job.phase() == Phase::Pending {
         Vec::new()
     } else {
-        let store = Store::for_batch(&f.client, &job)?;
+        let store = Store::for_batch(&f.client, &job, &f.stores)?;
         let mut lines = store.read_range(range.clone()).await?;
         if job.phase() == Phase::Expired && lines.len() < range.len() {
             // Texts unfinished at expiry are only in the failures list.
@@ -299,7 +217,7 @@ pub async fn results(
         page: q.page,
         page_size,
         has_more: range.end < total,
-        summary: wire::summary_of(&job),
+        summary: rest::summary_of(&job),
     }))
 }
 
@@ -325,7 +243,7 @@ pub async fn cancel(
         }
         let patch = serde_json::json!({"metadata": {"resourceVersion": job.resource_version()}, "spec": {"cancel": true}});
         match api.patch(&id, &PatchParams::default(), &Patch::Merge(patch)).await {
-            Ok(job) => return Ok((StatusCode::ACCEPTED, Json(wire::status_of(&job))).into_response()),
+            Ok(job) => return Ok((StatusCode::ACCEPTED, Json(rest::status_of(&job))).into_response()),
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
             Err(e) => return Err(e.into()),
         }
@@ -345,7 +263,7 @@ pub async fn queue(State(f): State<Arc<Facade>>) -> Json<QueueStatus> {
             let limit = f.cfg.limit(p);
             let q = PriorityQueue {
                 queued_jobs: queued.len(),
-                queued_texts: queued.iter().map(|j| remaining(j)).sum(),
+                queued_texts: queued.iter().map(|j| remaining_texts(j)).sum(),
                 limit,
                 utilization: queued.len() as f64 / limit as f64,
             };
@@ -372,7 +290,7 @@ pub async fn metrics(State(f): State<Arc<Facade>>, Extension(tenant): Extension<
     let (mut total, mut processed, mut failed, mut ok) = (0, 0, 0, 0);
     let mut durations = Vec::new();
     for j in &jobs {
-        let s = wire::status_of(j);
+        let s = rest::status_of(j);
         *by_state.entry(s.status.as_str().to_string()).or_insert(0) += 1;
         *by_priority.entry(j.spec.priority.as_str().to_string()).or_insert(0) += 1;
         total += s.total_texts;
@@ -401,32 +319,28 @@ pub async fn metrics(State(f): State<Arc<Facade>>, Extension(tenant): Extension<
 }
 
 /// Classify a few texts now, on an inference endpoint: the synchronous baseline.
-#[utoipa::path(post, path = "/api/v1/predict", tag = "predict", request_body = super::input::PredictRequest,
+#[utoipa::path(post, path = "/api/v1/predict", tag = "predict", request_body = crate::input::PredictRequest,
     responses((status = 200, body = inference_api::PredictResponse), (status = 401, body = inference_api::ErrorBody),
         (status = 413, body = inference_api::ErrorBody), (status = 422, body = inference_api::ErrorBody),
         (status = 503, body = inference_api::ErrorBody)),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn predict(State(f): State<Arc<Facade>>, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let texts = super::input::PredictRequest::decode(&body(raw)?, &f.limits)?;
+    let texts = crate::input::PredictRequest::decode(&body(raw)?, &f.limits)?;
     let urls = f.endpoints.borrow().clone();
     if urls.is_empty() {
         return Err(ApiError::Unavailable("no inference endpoint is ready".into()));
     }
-    let first = f.next_endpoint.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let req = inference_api::PredictRequest { texts, options: Default::default() };
-    // Try each endpoint once, starting from the next in turn.
-    for i in 0..urls.len() {
-        let url = &urls[(first + i) % urls.len()];
-        match f.http.post(format!("{url}/v1/predict")).json(&req).send().await {
-            Ok(resp) => {
-                let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-                let mut headers = HeaderMap::new();
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                let body = resp.bytes().await.map_err(|e| ApiError::Unavailable(format!("inference endpoint {url}: {e}")))?;
-                return Ok((status, headers, body).into_response());
-            }
-            Err(e) => tracing::warn!(%url, error = %e, "inference endpoint unreachable"),
+    match f.round_robin.predict(&f.predictor, &urls, &texts).await {
+        Ok(results) => Ok(Json(inference_api::PredictResponse { results }).into_response()),
+        Err(PredictError::Busy { retry_after, .. }) => Err(ApiError::Busy {
+            code: "too_many_requests",
+            message: "the inference endpoints are busy".into(),
+            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+        }),
+        // The texts passed our own checks, so the endpoint's refusal is ours, not the client's.
+        Err(e) => {
+            tracing::warn!(error = %e, "synchronous predict");
+            Err(ApiError::Unavailable("no inference endpoint could answer".into()))
         }
     }
-    Err(ApiError::Unavailable("no inference endpoint answered".into()))
 }

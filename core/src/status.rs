@@ -1,0 +1,272 @@
+//! One home for a batch's status: counts, progress, conditions and their type names, and
+//! each transition as a pure function from the old status to the new one. The operator
+//! writes status only through these; the facade and the bench read it through
+//! [`total_texts`], [`remaining_texts`] and [`ended_because`].
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{FailureSample, Failures, Phase, SentimentBatch, SentimentBatchStatus, Summary};
+use crate::store::ResultLine;
+
+/// Condition types.
+pub const QUEUED: &str = "Queued";
+pub const RUNNING: &str = "Running";
+pub const COMPLETE: &str = "Complete";
+pub const FAILED: &str = "Failed";
+
+/// Failure samples kept in a batch's status.
+pub const SAMPLES: usize = 5;
+
+/// What a batch's committed results add up to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tally {
+    pub ok: usize,
+    pub failed: usize,
+    pub labels: BTreeMap<String, i64>,
+    pub confidence_sum: f64,
+    pub samples: Vec<FailureSample>,
+}
+
+impl Tally {
+    pub fn add(&mut self, line: &ResultLine) {
+        match (&line.prediction, &line.error) {
+            (Some(p), None) => {
+                self.ok += 1;
+                *self.labels.entry(p.label.clone()).or_default() += 1;
+                self.confidence_sum += f64::from(p.score);
+            }
+            (_, error) => {
+                self.failed += 1;
+                if self.samples.len() < SAMPLES {
+                    self.samples.push(FailureSample { index: line.index as i64, error: error.clone().unwrap_or_default() });
+                }
+            }
+        }
+    }
+
+    pub fn of<'a>(lines: impl IntoIterator<Item = &'a ResultLine>) -> Self {
+        let mut t = Tally::default();
+        lines.into_iter().for_each(|l| t.add(l));
+        t
+    }
+
+    pub fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        for (k, v) in other.labels {
+            *self.labels.entry(k).or_default() += v;
+        }
+        self.confidence_sum += other.confidence_sum;
+        let room = SAMPLES.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.into_iter().take(room));
+    }
+
+    pub fn done(&self) -> usize {
+        self.ok + self.failed
+    }
+}
+
+/// The counts, progress and summary of `tally` out of `total`, over `old`.
+pub fn counts(old: &SentimentBatchStatus, total: usize, tally: &Tally) -> SentimentBatchStatus {
+    let done = tally.done();
+    let pct = if total == 0 { 100.0 } else { (done as f64 * 1000.0 / total as f64).round() / 10.0 };
+    SentimentBatchStatus {
+        total_texts: total as i64,
+        processed_texts: done as i64,
+        failed_texts: tally.failed as i64,
+        progress_percentage: pct,
+        progress: Some(format!("{pct:.0}%")),
+        summary: Some(Summary {
+            successful_predictions: tally.ok as i64,
+            failed_predictions: tally.failed as i64,
+            success_rate: if done == 0 { 0.0 } else { tally.ok as f64 / done as f64 },
+            sentiment_distribution: tally.labels.clone(),
+            average_confidence: if tally.ok == 0 { 0.0 } else { tally.confidence_sum / tally.ok as f64 },
+        }),
+        failures: (tally.failed > 0).then(|| Failures { count: tally.failed as i64, samples: tally.samples.clone(), location: None }),
+        ..old.clone()
+    }
+}
+
+/// A condition that keeps its `lastTransitionTime` while its status stays the same.
+pub fn condition(batch: &SentimentBatch, type_: &str, status: bool, reason: &str, message: &str) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let old = batch.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+    let since = old.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: batch.metadata.generation,
+        last_transition_time: since.unwrap_or(Time(Timestamp::now())),
+    }
+}
+
+/// Whether the batch already has this condition with this status and reason.
+pub fn has_condition(batch: &SentimentBatch, type_: &str, status: bool, reason: &str) -> bool {
+    let status = if status { "True" } else { "False" };
+    batch.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.status == status && c.reason == reason))
+}
+
+fn old(batch: &SentimentBatch) -> SentimentBatchStatus {
+    batch.status.clone().unwrap_or_default()
+}
+
+/// Refused admission: Pending, `Queued=True/QueueFull`.
+pub fn queue_full(batch: &SentimentBatch, message: &str) -> SentimentBatchStatus {
+    SentimentBatchStatus {
+        phase: Some(Phase::Pending),
+        observed_generation: batch.metadata.generation,
+        conditions: vec![condition(batch, QUEUED, true, "QueueFull", message)],
+        ..old(batch)
+    }
+}
+
+/// Admitted and dispatching, with `counts` already applied; results go to `location`.
+pub fn running(batch: &SentimentBatch, counts: SentimentBatchStatus, location: String) -> SentimentBatchStatus {
+    SentimentBatchStatus {
+        phase: Some(Phase::Running),
+        observed_generation: batch.metadata.generation,
+        started_at: counts.started_at.clone().or(Some(Time(Timestamp::now()))),
+        results_location: Some(location),
+        conditions: vec![
+            condition(batch, QUEUED, false, "Admitted", "admitted by the scheduler"),
+            condition(batch, RUNNING, true, "Dispatching", "chunks are being sent to inference endpoints"),
+        ],
+        ..counts
+    }
+}
+
+/// A final phase, with `counts` already applied: `Complete=True` with `reason`, and
+/// `Failed=True` too when the batch failed.
+pub fn ended(batch: &SentimentBatch, counts: SentimentBatchStatus, phase: Phase, reason: &str, message: &str) -> SentimentBatchStatus {
+    SentimentBatchStatus {
+        phase: Some(phase),
+        observed_generation: batch.metadata.generation,
+        completed_at: Some(Time(Timestamp::now())),
+        estimated_completion_seconds: Some(0),
+        conditions: [
+            Some(condition(batch, QUEUED, false, "Admitted", "admitted by the scheduler")),
+            Some(condition(batch, RUNNING, false, "Finished", "no work left")),
+            Some(condition(batch, COMPLETE, true, reason, message)),
+            (phase == Phase::Failed).then(|| condition(batch, FAILED, true, reason, message)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        ..counts
+    }
+}
+
+/// Back to Pending for a retry of the failed texts, with a fresh clock.
+pub fn retry_requested(batch: &SentimentBatch, message: &str) -> SentimentBatchStatus {
+    SentimentBatchStatus {
+        phase: Some(Phase::Pending),
+        started_at: Some(Time(Timestamp::now())),
+        completed_at: None,
+        conditions: vec![condition(batch, QUEUED, true, "RetryRequested", message)],
+        ..old(batch)
+    }
+}
+
+/// `reason: message` of why a failed or expired batch ended; `None` for any other.
+pub fn ended_because(batch: &SentimentBatch) -> Option<String> {
+    if !matches!(batch.phase(), Phase::Failed | Phase::Expired) {
+        return None;
+    }
+    let s = batch.status.as_ref()?;
+    s.conditions.iter().find(|c| c.type_ == COMPLETE).map(|c| format!("{}: {}", c.reason, c.message))
+}
+
+/// The batch's texts: from the status once the operator has read the source; before that,
+/// an inline batch's size is still known.
+pub fn total_texts(batch: &SentimentBatch) -> i64 {
+    match batch.status.as_ref().map_or(0, |s| s.total_texts) {
+        0 => batch.spec.texts.as_ref().map_or(0, |t| t.len() as i64),
+        n => n,
+    }
+}
+
+/// Texts not processed yet.
+pub fn remaining_texts(batch: &SentimentBatch) -> i64 {
+    (total_texts(batch) - batch.status.as_ref().map_or(0, |s| s.processed_texts)).max(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use inference_api::PredictionResult;
+
+    use super::*;
+    use crate::crd::SentimentBatchSpec;
+
+    fn ok(index: usize, label: &str, score: f32) -> ResultLine {
+        let prediction = PredictionResult {
+            label: label.into(),
+            score,
+            inference_time_ms: 1.0,
+            model_name: "m".into(),
+            text_length: 1,
+            backend: "onnx".into(),
+            cached: false,
+            scores: Default::default(),
+            tokens: 3,
+            truncated: false,
+        };
+        ResultLine { index, id: None, prediction: Some(prediction), error: None }
+    }
+
+    fn bad(index: usize) -> ResultLine {
+        ResultLine { index, id: None, prediction: None, error: Some("boom".into()) }
+    }
+
+    #[test]
+    fn tallies_count_labels_confidence_and_samples() {
+        let mut t = Tally::of(&[ok(0, "POSITIVE", 0.5), ok(1, "POSITIVE", 1.0), bad(2)]);
+        t.merge(Tally::of(&(3..10).map(bad).collect::<Vec<_>>()));
+        assert_eq!((t.ok, t.failed, t.labels["POSITIVE"], t.confidence_sum), (2, 8, 2, 1.5));
+        assert_eq!(t.samples.len(), SAMPLES);
+        assert_eq!(t.samples[0].index, 2);
+    }
+
+    #[test]
+    fn counts_give_progress_and_summary() {
+        let t = Tally::of(&[ok(0, "NEGATIVE", 0.75), bad(1), ok(2, "NEGATIVE", 0.25)]);
+        let s = counts(&SentimentBatchStatus::default(), 8, &t);
+        assert_eq!((s.total_texts, s.processed_texts, s.failed_texts, s.progress.as_deref()), (8, 3, 1, Some("38%")));
+        let sum = s.summary.unwrap();
+        assert_eq!((sum.successful_predictions, sum.sentiment_distribution["NEGATIVE"]), (2, 2));
+        assert_eq!(sum.average_confidence, 0.5);
+        assert!((sum.success_rate - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.failures.unwrap().count, 1);
+    }
+
+    fn batch(status: Option<SentimentBatchStatus>) -> SentimentBatch {
+        let spec: SentimentBatchSpec = serde_json::from_value(serde_json::json!({"texts": ["a", "b"]})).unwrap();
+        SentimentBatch { status, ..SentimentBatch::new("b", spec) }
+    }
+
+    #[test]
+    fn transitions_keep_transition_times_and_say_why() {
+        let pending = batch(None);
+        assert_eq!((total_texts(&pending), remaining_texts(&pending)), (2, 2));
+        let queued = batch(Some(queue_full(&pending, "full")));
+        assert!(has_condition(&queued, QUEUED, true, "QueueFull"));
+        let run = batch(Some(running(&queued, counts(&queued.status.clone().unwrap(), 2, &Tally::default()), "loc".into())));
+        assert_eq!(run.phase(), Phase::Running);
+        assert!(has_condition(&run, QUEUED, false, "Admitted") && has_condition(&run, RUNNING, true, "Dispatching"));
+        // The same condition again keeps its time.
+        let again = running(&run, run.status.clone().unwrap(), "loc".into());
+        assert_eq!(again.conditions, run.status.as_ref().unwrap().conditions);
+        assert_eq!(ended_because(&run), None);
+        let failed = batch(Some(ended(&run, run.status.clone().unwrap(), Phase::Failed, "AllItemsFailed", "all 2 failed")));
+        assert!(has_condition(&failed, FAILED, true, "AllItemsFailed"));
+        assert_eq!(ended_because(&failed).as_deref(), Some("AllItemsFailed: all 2 failed"));
+        let done = batch(Some(ended(&run, run.status.clone().unwrap(), Phase::Succeeded, "Succeeded", "ok")));
+        assert!(!has_condition(&done, FAILED, true, "Succeeded") && ended_because(&done).is_none());
+        assert_eq!(retry_requested(&done, "retry").phase, Some(Phase::Pending));
+    }
+}

@@ -1,0 +1,463 @@
+//! The engine: one task that owns the [`Scheduler`], the endpoint [`pool::Pool`] and the
+//! running jobs, fed by a bounded command channel.
+//!
+//! Whenever an endpoint has room it takes the next chunk and spawns an attempt at it
+//! ([`chunk`]). An attempt commits the chunk's part before it reports back, so a chunk
+//! counts as done exactly when its results are durable. Failures come back as
+//! [`Outcome`]s and the engine decides: try another endpoint, back off, split the chunk
+//! to isolate a failing text, or give the text up with its error.
+//!
+//! The engine reaches the world through two small traits, so its tests drive it with
+//! in-memory fakes: [`Predict`] (predict these texts on that endpoint) and
+//! [`ResultSink`] (commit this part of a job's results).
+
+mod chunk;
+pub mod pool;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use inference_api::client::Predict;
+use kube::runtime::reflector::ObjectRef;
+use kubesentiment_core::backoff::Backoff;
+use kubesentiment_core::config::AsyncBatch;
+use kubesentiment_core::crd::{Priority, SentimentBatch};
+use kubesentiment_core::endpoints::Endpoints;
+use kubesentiment_core::status::Tally;
+use kubesentiment_core::store::{Part, ResultLine, Store};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::chunk::Outcome;
+use self::chunk::{Attempt, Shared};
+use self::pool::Pool;
+use crate::metrics::Metrics;
+use crate::scheduler::{Chunk, JobId, QueueFull, Scheduler};
+use crate::source::Item;
+
+/// How long one request to an inference endpoint may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Between attempts at a chunk that failed for its texts or its store.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(6400));
+/// Before retrying a chunk an endpoint refused for load (429/503).
+const BUSY_RETRY: Duration = Duration::from_millis(200);
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a job's results go: one part at a time, each written whole and idempotently.
+#[async_trait::async_trait]
+pub trait ResultSink: Send + Sync {
+    async fn commit(&self, part: &Part) -> Result<(), BoxError>;
+}
+
+#[async_trait::async_trait]
+impl ResultSink for Store {
+    async fn commit(&self, part: &Part) -> Result<(), BoxError> {
+        Ok(self.write_part(part).await?)
+    }
+}
+
+/// The HTTP client the engine uses in production.
+pub fn http_predictor() -> Arc<dyn Predict> {
+    Arc::new(inference_api::client::HttpPredictor::new(REQUEST_TIMEOUT))
+}
+
+/// A batch ready to run: its texts, what is already committed, and where results go.
+pub struct JobStart {
+    pub id: JobId,
+    pub object: ObjectRef<SentimentBatch>,
+    pub items: Arc<Vec<Item>>,
+    pub remaining: Vec<Range<usize>>,
+    pub committed: Tally,
+    pub sink: Arc<dyn ResultSink>,
+    pub max_batch: usize,
+    pub model: Option<String>,
+    /// Past it the job stops and reports itself expired.
+    pub deadline: Instant,
+}
+
+/// A running batch as the engine sees it.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub total: usize,
+    pub tally: Tally,
+    /// Every text has a committed result.
+    pub done: bool,
+    /// A problem that fails the whole batch (a model mismatch).
+    pub fatal: Option<String>,
+    /// Its deadline passed before every text had a result; its work has stopped.
+    pub expired: bool,
+    pub eta_seconds: Option<i64>,
+}
+
+pub(crate) enum Command {
+    Admit {
+        id: JobId,
+        priority: Priority,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<(), QueueFull>>,
+    },
+    Start(Box<JobStart>),
+    Progress {
+        id: JobId,
+        reply: oneshot::Sender<Option<Progress>>,
+    },
+    Remove {
+        id: JobId,
+    },
+    /// An endpoint answered a chunk: its slot is free while the chunk's part is written.
+    Answered {
+        endpoint: String,
+        texts: usize,
+        elapsed: Duration,
+    },
+    /// A chunk's attempt ended; `endpoint` is set when it ended without an answer.
+    Returned {
+        chunk: Chunk,
+        endpoint: Option<String>,
+        outcome: Outcome,
+    },
+}
+
+/// The handle the controller talks to the engine through.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Command>,
+}
+
+/// What the engine is given to run with.
+pub struct Wiring {
+    pub predictor: Arc<dyn Predict>,
+    pub metrics: Metrics,
+    pub endpoints: watch::Receiver<Endpoints>,
+    /// Batches that need a reconcile now (finished, failed, expired).
+    pub notify: mpsc::Sender<ObjectRef<SentimentBatch>>,
+    /// The engine task and every chunk task run on it, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    pub stop: CancellationToken,
+}
+
+/// The engine's clock: tokio's, so tests can pause and step it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Engine {
+    /// Starts the engine task; it stops with `w.stop`, and every job's work with it.
+    pub fn start(cfg: &AsyncBatch, w: Wiring) -> Self {
+        let (tx, rx) = mpsc::channel(4096);
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(cfg.result_cache_max_size)
+            .time_to_live(Duration::from_secs(cfg.cache_ttl_seconds.max(1)))
+            .build();
+        let state = State {
+            sched: Scheduler::new(cfg.admission(), Duration::from_secs(cfg.aging_seconds)),
+            pool: Pool::new(cfg.workers),
+            jobs: HashMap::new(),
+            shared: Arc::new(Shared { predictor: w.predictor, cache, served_model: RwLock::new(None), metrics: w.metrics }),
+            max_batch_size: cfg.max_batch_size,
+            max_retries: cfg.max_retries,
+            tx: tx.clone(),
+            notify: w.notify,
+            committed: VecDeque::new(),
+            tasks: w.tasks.clone(),
+            stop: w.stop.clone(),
+        };
+        w.tasks.spawn(state.run(rx, w.endpoints));
+        Engine { tx }
+    }
+
+    async fn ask<T>(&self, cmd: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(cmd(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Reserves an admission slot; `Err(QueueFull)` when the batch's level or the total is full.
+    pub async fn admit(&self, id: &str, priority: Priority, deadline: Instant) -> Result<(), QueueFull> {
+        self.ask(|reply| Command::Admit { id: id.to_string(), priority, deadline, reply }).await.unwrap_or(Err(QueueFull))
+    }
+
+    pub async fn start_job(&self, job: JobStart) {
+        let _ = self.tx.send(Command::Start(Box::new(job))).await;
+    }
+
+    /// The batch's progress, if it runs in this engine.
+    pub async fn progress(&self, id: &str) -> Option<Progress> {
+        self.ask(|reply| Command::Progress { id: id.to_string(), reply }).await.flatten()
+    }
+
+    /// Stops a batch's work, in flight too, and frees its slot. Results already committed stay.
+    pub async fn remove(&self, id: &str) {
+        let _ = self.tx.send(Command::Remove { id: id.to_string() }).await;
+    }
+}
+
+struct Job {
+    start: JobStart,
+    tally: Tally,
+    began: Instant,
+    done_here: usize,
+    fatal: Option<String>,
+    expired: bool,
+    /// Cancelled when the job stops; its chunks commit nothing after that.
+    stop: CancellationToken,
+}
+
+struct State {
+    sched: Scheduler,
+    pool: Pool,
+    jobs: HashMap<JobId, Job>,
+    shared: Arc<Shared>,
+    max_batch_size: usize,
+    max_retries: u32,
+    tx: mpsc::Sender<Command>,
+    notify: mpsc::Sender<ObjectRef<SentimentBatch>>,
+    /// (when, texts) of recent commits, for the throughput gauge.
+    committed: VecDeque<(Instant, usize)>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl State {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut endpoints: watch::Receiver<Endpoints>) {
+        self.pool.set(&endpoints.borrow_and_update().clone());
+        loop {
+            self.expire();
+            self.pump();
+            self.export();
+            let now = now();
+            let deadlines = self.jobs.values().filter(|j| !j.expired).map(|j| j.start.deadline);
+            let wake = self
+                .sched
+                .next_ready_after(now)
+                .into_iter()
+                .chain(self.pool.next_open_after(now))
+                .chain(deadlines)
+                .min()
+                .unwrap_or(now + Duration::from_secs(1))
+                .max(now);
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                changed = endpoints.changed() => {
+                    if changed.is_err() { break; }
+                    let urls = endpoints.borrow_and_update().clone();
+                    tracing::info!(?urls, "inference endpoints");
+                    self.pool.set(&urls);
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        let now = now();
+        match cmd {
+            Command::Admit { id, priority, deadline, reply } => {
+                let _ = reply.send(self.sched.admit(&id, priority, deadline, now));
+            }
+            Command::Start(job) => {
+                if !self.sched.contains(&job.id) || self.jobs.contains_key(&job.id) {
+                    return;
+                }
+                self.sched.enqueue(&job.id, job.remaining.clone(), now);
+                let id = job.id.clone();
+                let tally = job.committed.clone();
+                let stop = self.stop.child_token();
+                self.jobs.insert(id.clone(), Job { start: *job, tally, began: now, done_here: 0, fatal: None, expired: false, stop });
+                self.notify_if_done(&id);
+            }
+            Command::Progress { id, reply } => {
+                let _ = reply.send(self.jobs.get(&id).map(|j| Progress {
+                    total: j.start.items.len(),
+                    tally: j.tally.clone(),
+                    done: j.fatal.is_none() && !j.expired && self.sched.is_drained(&id),
+                    fatal: j.fatal.clone(),
+                    expired: j.expired,
+                    eta_seconds: eta(j, now),
+                }));
+            }
+            Command::Remove { id } => {
+                self.sched.remove(&id);
+                if let Some(job) = self.jobs.remove(&id) {
+                    job.stop.cancel();
+                }
+            }
+            Command::Answered { endpoint, texts, elapsed } => {
+                self.shared.metrics.dispatch_seconds.observe(elapsed.as_secs_f64());
+                self.pool.release(&endpoint, Some((texts, elapsed)));
+            }
+            Command::Returned { chunk, endpoint, outcome } => self.returned(chunk, endpoint, outcome, now),
+        }
+    }
+
+    fn returned(&mut self, chunk: Chunk, endpoint: Option<String>, outcome: Outcome, now: Instant) {
+        if let Some(url) = &endpoint {
+            self.pool.release(url, None);
+        }
+        // The attempt is over whatever happens next (a give-up holds the chunk again).
+        self.sched.returned(&chunk.job);
+        if !self.jobs.contains_key(&chunk.job) {
+            return;
+        }
+        let retries = &self.shared.metrics.retries;
+        match outcome {
+            Outcome::Committed(tally) => {
+                self.committed.push_back((now, tally.done()));
+                let job = self.jobs.get_mut(&chunk.job).expect("checked above. This is a bug.");
+                job.done_here += tally.done();
+                job.tally.merge(tally);
+                self.notify_if_done(&chunk.job);
+            }
+            Outcome::Cancelled => {}
+            Outcome::Unreachable(why) => {
+                // The endpoint, not the texts: skip it for a while and try elsewhere, without
+                // spending the chunk's attempts (the batch's deadline bounds the waiting).
+                let url = endpoint.clone().unwrap_or_default();
+                tracing::warn!(endpoint = %url, %why, "endpoint unreachable");
+                self.pool.unreachable(&url, now);
+                retries.inc();
+                self.sched.retry(Chunk { avoid: endpoint, ..chunk }, now);
+            }
+            Outcome::Busy => {
+                retries.inc();
+                self.sched.retry(chunk, now + BUSY_RETRY);
+            }
+            Outcome::Store(why) => {
+                tracing::warn!(%why, "writing results");
+                retries.inc();
+                let at = now + RETRY.delay(chunk.attempts);
+                self.sched.retry(Chunk { attempts: chunk.attempts + 1, ..chunk }, at);
+            }
+            Outcome::Rejected(why) => {
+                retries.inc();
+                if let Some((left, right)) = chunk.split() {
+                    // Halve until the failing text is alone; the others go through.
+                    self.sched.retry(right, now);
+                    self.sched.retry(left, now);
+                } else if chunk.attempts + 1 < self.max_retries {
+                    let at = now + RETRY.delay(chunk.attempts);
+                    self.sched.retry(Chunk { attempts: chunk.attempts + 1, avoid: endpoint, ..chunk }, at);
+                } else {
+                    // Dead-lettered: the failure is committed like a result, so it is
+                    // counted once and survives a restart. The chunk stays in flight
+                    // until then.
+                    self.sched.hold(&chunk.job);
+                    self.give_up(chunk, why, "inference_error");
+                }
+            }
+            Outcome::Fatal(why) => {
+                self.sched.remove(&chunk.job);
+                let job = self.jobs.get_mut(&chunk.job).expect("checked above. This is a bug.");
+                job.fatal = Some(why);
+                job.stop.cancel();
+                let _ = self.notify.try_send(job.start.object.clone());
+            }
+        }
+    }
+
+    /// Commits `chunk`'s texts as failed with `why`.
+    fn give_up(&mut self, chunk: Chunk, why: String, reason: &str) {
+        let job = &self.jobs[&chunk.job];
+        let lines: Vec<ResultLine> = chunk
+            .range
+            .clone()
+            .map(|index| ResultLine { index, id: job.start.items[index].id.clone(), prediction: None, error: Some(why.clone()) })
+            .collect();
+        self.shared.metrics.item_failures.with_label_values(&[reason]).inc_by(lines.len() as u64);
+        let (sink, stop, tx) = (job.start.sink.clone(), job.stop.clone(), self.tx.clone());
+        self.tasks.spawn(async move {
+            let outcome = chunk::commit(sink.as_ref(), &stop, Part { start: chunk.range.start, lines }).await;
+            let _ = tx.send(Command::Returned { chunk, endpoint: None, outcome }).await;
+        });
+    }
+
+    /// Stops every job whose deadline has passed with work left, and asks for its reconcile.
+    fn expire(&mut self) {
+        let now = now();
+        for (id, job) in self.jobs.iter_mut().filter(|(_, j)| !j.expired && j.start.deadline <= now) {
+            if self.sched.is_drained(id) {
+                continue;
+            }
+            job.expired = true;
+            job.stop.cancel();
+            self.sched.remove(id);
+            let _ = self.notify.try_send(job.start.object.clone());
+        }
+    }
+
+    fn notify_if_done(&self, id: &str) {
+        if self.sched.is_drained(id)
+            && let Some(job) = self.jobs.get(id)
+        {
+            let _ = self.notify.try_send(job.start.object.clone());
+        }
+    }
+
+    /// Dispatches chunks while an endpoint has room and work is ready.
+    fn pump(&mut self) {
+        loop {
+            let now = now();
+            let Some((url, size)) = self.pool.pick(now, self.max_batch_size) else { return };
+            let jobs = &self.jobs;
+            let Some(chunk) = self.sched.next(now, |id| jobs.get(id).map_or(size, |j| size.min(j.start.max_batch))) else {
+                return;
+            };
+            // A retry goes to another open endpoint when there is one.
+            let url = match &chunk.avoid {
+                Some(bad) if *bad == url => self.pool.other_than(bad, now).unwrap_or(url),
+                _ => url,
+            };
+            let job = self.jobs.get(&chunk.job).expect("the scheduler only holds work of started jobs. This is a bug.");
+            self.pool.take(&url);
+            self.shared.metrics.chunk_texts.observe(chunk.len() as f64);
+            let attempt = Attempt {
+                url,
+                range: chunk.range.clone(),
+                items: job.start.items.clone(),
+                sink: job.start.sink.clone(),
+                model: job.start.model.clone(),
+                stop: job.stop.clone(),
+            };
+            let (shared, tx) = (self.shared.clone(), self.tx.clone());
+            self.tasks.spawn(async move {
+                let (outcome, answered) = chunk::run(&shared, &tx, &attempt).await;
+                let endpoint = (!answered).then_some(attempt.url);
+                let _ = tx.send(Command::Returned { chunk, endpoint, outcome }).await;
+            });
+        }
+    }
+
+    fn export(&mut self) {
+        let m = &self.shared.metrics;
+        for (p, (jobs, texts)) in Priority::ALL.iter().zip(self.sched.queue_sizes()) {
+            m.queue_size.with_label_values(&[p.as_str()]).set(jobs as i64);
+            m.queued_texts.with_label_values(&[p.as_str()]).set(texts as i64);
+        }
+        m.jobs_active.set(self.sched.admitted() as i64);
+        for (u, n) in self.pool.in_flight() {
+            m.in_flight.with_label_values(&[u]).set(n as i64);
+        }
+        let now = now();
+        let window = Duration::from_secs(10);
+        while self.committed.front().is_some_and(|(t, _)| now.duration_since(*t) > window) {
+            self.committed.pop_front();
+        }
+        m.throughput.set(self.committed.iter().map(|(_, n)| *n).sum::<usize>() as f64 / window.as_secs_f64());
+    }
+}
+
+fn eta(job: &Job, now: Instant) -> Option<i64> {
+    let left = job.start.items.len().saturating_sub(job.tally.done());
+    let secs = now.duration_since(job.began).as_secs_f64();
+    (job.done_here > 0 && secs > 0.0).then(|| (left as f64 / (job.done_here as f64 / secs)).ceil() as i64)
+}

@@ -1,0 +1,216 @@
+//! The inference endpoints as the engine sees them: each one's chunks in flight (at most
+//! `workers`), whether it is skipped for a while after failing to answer, whether it has
+//! left the Service, and its measured speed, from which chunk sizes follow.
+//!
+//! Pure state: time is passed in, nothing here does I/O.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kubesentiment_core::backoff::Backoff;
+
+/// How long a chunk should take on one endpoint; chunk sizes adapt toward it.
+const TARGET_CHUNK_SECONDS: f64 = 1.0;
+const MIN_CHUNK: usize = 8;
+/// The size of chunks sent before an endpoint's speed is known.
+pub const FIRST_CHUNK: usize = 64;
+/// How long an endpoint that did not answer is skipped, by consecutive failures.
+const DEAD: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+
+#[derive(Default)]
+struct Endpoint {
+    in_flight: usize,
+    /// Skipped until then after failing to answer.
+    dead_until: Option<Instant>,
+    failures: u32,
+    /// No longer in the Service: it finishes its chunks in flight and gets no new ones.
+    gone: bool,
+    secs_per_text: Option<f64>,
+}
+
+impl Endpoint {
+    fn open(&self, workers: usize, now: Instant) -> bool {
+        !self.gone && self.in_flight < workers && self.dead_until.is_none_or(|t| t <= now)
+    }
+}
+
+pub struct Pool {
+    workers: usize,
+    endpoints: HashMap<String, Endpoint>,
+}
+
+impl Pool {
+    /// A pool that gives each endpoint at most `workers` chunks at once.
+    pub fn new(workers: usize) -> Self {
+        Pool { workers: workers.max(1), endpoints: HashMap::new() }
+    }
+
+    /// The Service's ready endpoints are now `urls`: new ones join, and those that left
+    /// finish their chunks in flight and are then forgotten.
+    pub fn set(&mut self, urls: &[String]) {
+        self.endpoints.retain(|u, e| urls.contains(u) || e.in_flight > 0);
+        for (u, e) in self.endpoints.iter_mut() {
+            e.gone = !urls.contains(u);
+        }
+        for u in urls {
+            self.endpoints.entry(u.clone()).or_default();
+        }
+    }
+
+    /// The open endpoint with the fewest chunks in flight (ties by name), and the size
+    /// of a chunk that should take it about a second, at most `max_texts`.
+    pub fn pick(&self, now: Instant, max_texts: usize) -> Option<(String, usize)> {
+        self.endpoints
+            .iter()
+            .filter(|(_, e)| e.open(self.workers, now))
+            .min_by_key(|(u, e)| (e.in_flight, *u))
+            .map(|(u, e)| (u.clone(), chunk_size(e.secs_per_text, max_texts)))
+    }
+
+    /// An open endpoint other than `avoid`, for a retry, if there is one.
+    pub fn other_than(&self, avoid: &str, now: Instant) -> Option<String> {
+        let mut open: Vec<&String> =
+            self.endpoints.iter().filter(|(u, e)| *u != avoid && e.open(self.workers, now)).map(|(u, _)| u).collect();
+        open.sort();
+        open.first().map(|u| u.to_string())
+    }
+
+    /// A chunk went to `url`.
+    pub fn take(&mut self, url: &str) {
+        if let Some(e) = self.endpoints.get_mut(url) {
+            e.in_flight += 1;
+        }
+    }
+
+    /// A chunk's slot at `url` is free. `answered` is (texts, wall time) when the endpoint
+    /// answered, which clears its failures and feeds its measured speed.
+    pub fn release(&mut self, url: &str, answered: Option<(usize, Duration)>) {
+        let Some(e) = self.endpoints.get_mut(url) else { return };
+        // Chunks that shared the endpoint with this one (itself included).
+        let sharing = e.in_flight.max(1);
+        e.in_flight = e.in_flight.saturating_sub(1);
+        if let Some((texts, elapsed)) = answered {
+            e.failures = 0;
+            e.dead_until = None;
+            if texts > 0 {
+                // The endpoint served `sharing` chunks at once, so each text cost it only
+                // a share of this chunk's wall time.
+                let per_text = elapsed.as_secs_f64() / (texts * sharing) as f64;
+                e.secs_per_text = Some(e.secs_per_text.map_or(per_text, |old| 0.7 * old + 0.3 * per_text));
+            }
+        }
+        if e.gone && e.in_flight == 0 {
+            self.endpoints.remove(url);
+        }
+    }
+
+    /// `url` did not answer: skip it for a while, longer after each failure in a row.
+    pub fn unreachable(&mut self, url: &str, now: Instant) {
+        if let Some(e) = self.endpoints.get_mut(url) {
+            e.dead_until = Some(now + DEAD.delay(e.failures));
+            e.failures += 1;
+        }
+    }
+
+    /// When the first skipped endpoint opens again.
+    pub fn next_open_after(&self, now: Instant) -> Option<Instant> {
+        self.endpoints.values().filter(|e| !e.gone).filter_map(|e| e.dead_until).filter(|t| *t > now).min()
+    }
+
+    /// Chunks in flight per endpoint.
+    pub fn in_flight(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.endpoints.iter().map(|(u, e)| (u.as_str(), e.in_flight))
+    }
+}
+
+/// Texts for a chunk of about [`TARGET_CHUNK_SECONDS`] at `secs_per_text`, within
+/// `MIN_CHUNK..=max`; [`FIRST_CHUNK`] before the speed is known.
+pub fn chunk_size(secs_per_text: Option<f64>, max: usize) -> usize {
+    match secs_per_text {
+        None => FIRST_CHUNK.min(max),
+        Some(s) => ((TARGET_CHUNK_SECONDS / s.max(1e-6)) as usize).clamp(MIN_CHUNK, max.max(MIN_CHUNK)).min(max),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_follow_measured_latency() {
+        assert_eq!(chunk_size(None, 1000), FIRST_CHUNK);
+        assert_eq!(chunk_size(None, 10), 10);
+        assert_eq!(chunk_size(Some(0.002), 1000), 500);
+        assert_eq!(chunk_size(Some(0.001), 100), 100);
+        assert_eq!(chunk_size(Some(10.0), 1000), MIN_CHUNK);
+        assert_eq!(chunk_size(Some(10.0), 3), 3);
+    }
+
+    fn urls(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn slots_are_spread_and_bounded() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(2);
+        p.set(&urls(&["a", "b"]));
+        let mut picked = Vec::new();
+        while let Some((u, _)) = p.pick(t0, 100) {
+            p.take(&u);
+            picked.push(u);
+        }
+        assert_eq!(picked, ["a", "b", "a", "b"]);
+        p.release("b", Some((10, Duration::from_millis(100))));
+        assert_eq!(p.pick(t0, 1000).map(|(u, _)| u).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn speed_is_shared_among_chunks_in_flight() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(2);
+        p.set(&urls(&["a"]));
+        p.take("a");
+        p.take("a");
+        // Two chunks shared the endpoint: 100 texts in 1 s is 200 texts/s of its time.
+        p.release("a", Some((100, Duration::from_secs(1))));
+        assert_eq!(p.pick(t0, 10_000), Some(("a".into(), 200)));
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_is_skipped_with_backoff_until_it_answers() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(1);
+        p.set(&urls(&["a", "b"]));
+        p.unreachable("a", t0);
+        assert_eq!(p.pick(t0, 10).map(|(u, _)| u).as_deref(), Some("b"));
+        assert_eq!(p.other_than("b", t0), None);
+        assert_eq!(p.next_open_after(t0), Some(t0 + Duration::from_millis(200)));
+        p.unreachable("a", t0);
+        assert_eq!(p.next_open_after(t0), Some(t0 + Duration::from_millis(400)), "longer after each failure");
+        let later = t0 + Duration::from_millis(400);
+        assert_eq!(p.other_than("b", later).as_deref(), Some("a"));
+        p.take("a");
+        p.release("a", Some((1, Duration::from_millis(5))));
+        p.unreachable("a", later);
+        assert_eq!(p.next_open_after(later), Some(later + Duration::from_millis(200)), "an answer resets the backoff");
+    }
+
+    #[test]
+    fn endpoints_that_leave_get_no_new_work_even_after_a_late_answer() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(4);
+        p.set(&urls(&["a", "b"]));
+        p.take("a");
+        p.take("a");
+        p.set(&urls(&["b"]));
+        assert_eq!(p.other_than("b", t0), None);
+        p.release("a", Some((10, Duration::from_millis(10))));
+        assert_eq!(p.other_than("b", t0), None, "a late answer does not bring it back");
+        assert_eq!(p.in_flight().count(), 2);
+        p.release("a", None);
+        assert_eq!(p.in_flight().map(|(u, _)| u).collect::<Vec<_>>(), ["b"], "forgotten once idle");
+        p.set(&urls(&["a", "b"]));
+        assert_eq!(p.other_than("b", t0).as_deref(), Some("a"), "and welcome when it is back");
+    }
+}

@@ -1,0 +1,378 @@
+//! The engine driven through every fault with in-memory fakes of its two edges, on
+//! tokio's paused clock: no cluster, no HTTP, no sleeps in real time.
+// A batch's work is often one whole range.
+#![allow(clippy::single_range_in_vec_init)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use inference_api::PredictionResult;
+use inference_api::client::PredictError;
+use kubesentiment_core::store::Part;
+
+use super::*;
+
+/// An inference pool in memory: endpoints that answer, are unreachable, shed load, or
+/// refuse a poison text; every call is recorded.
+struct FakePool {
+    model: String,
+    calls: Mutex<Vec<(String, Vec<String>)>>,
+    dead: Mutex<HashSet<String>>,
+    /// Answers this many calls with 429 first.
+    busy_first: AtomicUsize,
+    /// Virtual time each call takes.
+    delay: Duration,
+    /// While false, calls wait.
+    open: watch::Receiver<bool>,
+}
+
+impl FakePool {
+    fn new() -> (Arc<FakePool>, watch::Sender<bool>) {
+        let (gate, open) = watch::channel(true);
+        let pool = FakePool {
+            model: "fake".into(),
+            calls: Mutex::default(),
+            dead: Mutex::default(),
+            busy_first: AtomicUsize::new(0),
+            delay: Duration::from_millis(10),
+            open,
+        };
+        (Arc::new(pool), gate)
+    }
+
+    fn calls(&self) -> Vec<(String, Vec<String>)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Predict for FakePool {
+    async fn predict(&self, endpoint: &str, texts: &[String]) -> Result<Vec<PredictionResult>, PredictError> {
+        self.calls.lock().unwrap().push((endpoint.to_string(), texts.to_vec()));
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|o| *o).await;
+        tokio::time::sleep(self.delay).await;
+        if self.dead.lock().unwrap().contains(endpoint) {
+            return Err(PredictError::Unreachable("connection refused".into()));
+        }
+        if self.busy_first.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            return Err(PredictError::Busy { status: 429, retry_after: None });
+        }
+        if texts.iter().any(|t| t.contains("POISON")) {
+            return Err(PredictError::Rejected { status: 500, message: "injected failure".into() });
+        }
+        Ok(texts
+            .iter()
+            .map(|t| PredictionResult {
+                label: if t.contains("good") { "POSITIVE" } else { "NEGATIVE" }.into(),
+                score: 0.9,
+                inference_time_ms: 1.0,
+                model_name: self.model.clone(),
+                text_length: t.len(),
+                backend: "fake".into(),
+                cached: false,
+                scores: BTreeMap::new(),
+                tokens: 4,
+                truncated: false,
+            })
+            .collect())
+    }
+}
+
+/// A results store in memory, which can fail its first commits.
+#[derive(Default)]
+struct FakeSink {
+    parts: Mutex<Vec<Part>>,
+    fail_first: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ResultSink for FakeSink {
+    async fn commit(&self, part: &Part) -> Result<(), BoxError> {
+        if self.fail_first.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            return Err("the store is unwritable".into());
+        }
+        self.parts.lock().unwrap().push(part.clone());
+        Ok(())
+    }
+}
+
+impl FakeSink {
+    /// Every committed line's index, in commit order.
+    fn indices(&self) -> Vec<usize> {
+        self.parts.lock().unwrap().iter().flat_map(|p| p.lines.iter().map(|l| l.index)).collect()
+    }
+
+    fn failed(&self) -> Vec<(usize, String)> {
+        let parts = self.parts.lock().unwrap();
+        parts.iter().flat_map(|p| &p.lines).filter_map(|l| Some((l.index, l.error.clone()?))).collect()
+    }
+}
+
+struct Harness {
+    engine: Engine,
+    endpoints: watch::Sender<Endpoints>,
+    notified: mpsc::Receiver<ObjectRef<SentimentBatch>>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+fn harness(cfg: AsyncBatch, pool: Arc<FakePool>, endpoints: &[&str]) -> Harness {
+    let (endpoints_tx, endpoints_rx) = watch::channel(endpoints.iter().map(|e| e.to_string()).collect());
+    let (notify, notified) = mpsc::channel(64);
+    let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
+    let wiring =
+        Wiring { predictor: pool, metrics: Metrics::new(&cfg), endpoints: endpoints_rx, notify, tasks: tasks.clone(), stop: stop.clone() };
+    Harness { engine: Engine::start(&cfg, wiring), endpoints: endpoints_tx, notified, stop, tasks }
+}
+
+fn cfg() -> AsyncBatch {
+    AsyncBatch { max_batch_size: 50, max_retries: 3, ..Default::default() }
+}
+
+fn items(texts: impl IntoIterator<Item = String>) -> Arc<Vec<Item>> {
+    Arc::new(texts.into_iter().map(|text| Item { id: None, text }).collect())
+}
+
+fn distinct(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("text {i} is {}", if i % 2 == 0 { "good" } else { "bad" })).collect()
+}
+
+impl Harness {
+    /// Admits and starts a job over `texts`, due within `within`.
+    async fn start(&self, id: &str, texts: Arc<Vec<Item>>, sink: Arc<FakeSink>, within: Duration) {
+        let deadline = now() + within;
+        self.engine.admit(id, Priority::Medium, deadline).await.unwrap();
+        let job = JobStart {
+            id: id.into(),
+            object: ObjectRef::new(id).within("test"),
+            remaining: vec![0..texts.len()],
+            items: texts,
+            committed: Tally::default(),
+            sink,
+            max_batch: 1000,
+            model: None,
+            deadline,
+        };
+        self.engine.start_job(job).await;
+    }
+
+    /// Waits (in virtual time) until `id` is done, failed or expired.
+    async fn settle(&self, id: &str) -> Progress {
+        loop {
+            let p = self.engine.progress(id).await.expect("the job runs");
+            if p.done || p.fatal.is_some() || p.expired {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn shut_down(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn exactly_once(sink: &FakeSink, n: usize) {
+    let mut got = sink.indices();
+    got.sort();
+    assert_eq!(got, (0..n).collect::<Vec<_>>(), "every index committed exactly once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_index_is_committed_once_and_duplicates_are_asked_once() {
+    let (pool, _gate) = FakePool::new();
+    let h = harness(cfg(), pool.clone(), &["http://a", "http://b"]);
+    let sink = Arc::new(FakeSink::default());
+    let mut texts = distinct(1000);
+    texts[999] = texts[0].clone();
+    h.start("job", items(texts), sink.clone(), Duration::from_secs(600)).await;
+    let p = h.settle("job").await;
+    assert!(p.done && p.tally.ok == 1000 && p.tally.failed == 0, "{p:?}");
+    exactly_once(&sink, 1000);
+    let asked: usize = pool.calls().iter().map(|(_, t)| t.len()).sum();
+    assert_eq!(asked, 999, "the repeated text is answered from the cache");
+    let endpoints: HashSet<String> = pool.calls().into_iter().map(|(e, _)| e).collect();
+    assert_eq!(endpoints.len(), 2, "both endpoints get chunks");
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_text_is_isolated_by_halving_and_dead_lettered() {
+    let (pool, _gate) = FakePool::new();
+    let h = harness(cfg(), pool.clone(), &["http://a"]);
+    let sink = Arc::new(FakeSink::default());
+    let mut texts = distinct(200);
+    texts[77] = "POISON pill".into();
+    h.start("job", items(texts), sink.clone(), Duration::from_secs(600)).await;
+    let p = h.settle("job").await;
+    assert!(p.done && p.tally.ok == 199 && p.tally.failed == 1, "{p:?}");
+    exactly_once(&sink, 200);
+    assert_eq!(sink.failed(), [(77, "injected failure".to_string())]);
+    let alone = pool.calls().iter().filter(|(_, t)| t.len() == 1 && t[0].contains("POISON")).count();
+    assert_eq!(alone, 3, "the text alone is tried max_retries times");
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_endpoint_is_skipped_and_its_chunks_move() {
+    let (pool, _gate) = FakePool::new();
+    pool.dead.lock().unwrap().insert("http://dead".into());
+    let h = harness(cfg(), pool.clone(), &["http://dead", "http://live"]);
+    let sink = Arc::new(FakeSink::default());
+    let began = now();
+    h.start("job", items(distinct(2000)), sink.clone(), Duration::from_secs(600)).await;
+    let p = h.settle("job").await;
+    assert!(p.done && p.tally.ok == 2000, "{p:?}");
+    exactly_once(&sink, 2000);
+    let calls = pool.calls();
+    let to_dead = calls.iter().filter(|(e, _)| e == "http://dead").count();
+    let to_live = calls.iter().filter(|(e, _)| e == "http://live").count();
+    // The dead endpoint is skipped with a growing backoff, so it sees few attempts
+    // while the live one does the work.
+    let secs = now().duration_since(began).as_secs_f64();
+    assert!(to_dead <= 2 * (secs.log2().max(1.0) as usize + 2), "{to_dead} attempts at the dead endpoint in {secs} s");
+    assert!(to_live > to_dead, "{to_live} vs {to_dead}");
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_answers_back_off_then_succeed_without_spending_attempts() {
+    let (pool, _gate) = FakePool::new();
+    pool.busy_first.store(5, Ordering::Relaxed);
+    let h = harness(AsyncBatch { workers: 1, ..cfg() }, pool.clone(), &["http://a"]);
+    let sink = Arc::new(FakeSink::default());
+    let began = now();
+    h.start("job", items(distinct(10)), sink.clone(), Duration::from_secs(600)).await;
+    let p = h.settle("job").await;
+    assert!(p.done && p.tally.ok == 10 && p.tally.failed == 0, "{p:?}");
+    exactly_once(&sink, 10);
+    assert_eq!(pool.calls().len(), 6, "five 429s, then the answer");
+    assert!(now().duration_since(began) >= 5 * BUSY_RETRY, "each 429 waits before the retry");
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_failure_is_retried_and_commits_once() {
+    let (pool, _gate) = FakePool::new();
+    let h = harness(cfg(), pool, &["http://a"]);
+    let sink = Arc::new(FakeSink { fail_first: AtomicUsize::new(4), ..Default::default() });
+    h.start("job", items(distinct(120)), sink.clone(), Duration::from_secs(600)).await;
+    let p = h.settle("job").await;
+    assert!(p.done && p.tally.ok == 120, "{p:?}");
+    exactly_once(&sink, 120);
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_batch_stops_its_chunks_in_flight() {
+    let (pool, gate) = FakePool::new();
+    gate.send_replace(false);
+    let h = harness(cfg(), pool.clone(), &["http://a"]);
+    let sink = Arc::new(FakeSink::default());
+    h.start("job", items(distinct(500)), sink.clone(), Duration::from_secs(600)).await;
+    while pool.calls().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    h.engine.remove("job").await;
+    assert!(h.engine.progress("job").await.is_none());
+    gate.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(sink.indices().is_empty(), "nothing is committed after the batch stopped");
+    assert_eq!(pool.calls().len(), 2, "no new chunk is sent");
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_past_its_deadline_expires_and_commits_nothing_more() {
+    let (mut pool, _gate) = FakePool::new();
+    Arc::get_mut(&mut pool).unwrap().delay = Duration::from_secs(1);
+    let mut h = harness(AsyncBatch { workers: 1, max_batch_size: 10, ..cfg() }, pool.clone(), &["http://a"]);
+    let sink = Arc::new(FakeSink::default());
+    h.start("job", items(distinct(1000)), sink.clone(), Duration::from_millis(3500)).await;
+    let p = h.settle("job").await;
+    assert!(p.expired && !p.done, "{p:?}");
+    assert_eq!(h.notified.recv().await.map(|o| o.name), Some("job".to_string()), "the controller is asked to reconcile");
+    let committed = sink.indices().len();
+    assert!((20..=40).contains(&committed), "about three chunks of 10 in 3.5 s: {committed}");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(sink.indices().len(), committed, "nothing after the deadline");
+    let p = h.engine.progress("job").await.unwrap();
+    assert!(p.expired && p.tally.done() == committed);
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_other_than_the_batch_asks_for_fails_it() {
+    let (pool, _gate) = FakePool::new();
+    let h = harness(cfg(), pool, &["http://a"]);
+    let sink = Arc::new(FakeSink::default());
+    h.engine.admit("job", Priority::High, now() + Duration::from_secs(60)).await.unwrap();
+    let texts = items(distinct(10));
+    let job = JobStart {
+        id: "job".into(),
+        object: ObjectRef::new("job").within("test"),
+        remaining: vec![0..10],
+        items: texts,
+        committed: Tally::default(),
+        sink: sink.clone(),
+        max_batch: 1000,
+        model: Some("distilbert".into()),
+        deadline: now() + Duration::from_secs(60),
+    };
+    h.engine.start_job(job).await;
+    let p = h.settle("job").await;
+    assert!(p.fatal.as_deref().is_some_and(|f| f.contains("\"fake\"") && f.contains("\"distilbert\"")), "{p:?}");
+    assert!(sink.indices().is_empty());
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_endpoints_get_work_as_they_appear() {
+    let (pool, _gate) = FakePool::new();
+    let h = harness(AsyncBatch { workers: 1, max_batch_size: 10, ..cfg() }, pool.clone(), &[]);
+    let sink = Arc::new(FakeSink::default());
+    h.start("job", items(distinct(300)), sink.clone(), Duration::from_secs(600)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pool.calls().is_empty(), "no endpoint, no dispatch");
+    h.endpoints.send_replace(vec!["http://a".into()]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.endpoints.send_replace(vec!["http://a".into(), "http://b".into()]);
+    let p = h.settle("job").await;
+    assert!(p.done);
+    exactly_once(&sink, 300);
+    assert!(pool.calls().iter().any(|(e, _)| e == "http://b"), "the new endpoint was used");
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn admission_is_limited_per_priority_and_freed_on_remove() {
+    let (pool, _gate) = FakePool::new();
+    let h = harness(AsyncBatch { priority_high_limit: 1, ..cfg() }, pool, &["http://a"]);
+    let later = now() + Duration::from_secs(60);
+    assert_eq!(h.engine.admit("a", Priority::High, later).await, Ok(()));
+    assert_eq!(h.engine.admit("b", Priority::High, later).await, Err(QueueFull));
+    assert_eq!(h.engine.admit("c", Priority::Low, later).await, Ok(()));
+    h.engine.remove("a").await;
+    assert_eq!(h.engine.admit("b", Priority::High, later).await, Ok(()));
+    h.shut_down().await;
+}
+
+/// The engine and every chunk task end on shutdown, even with requests hanging.
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_every_task() {
+    let (pool, gate) = FakePool::new();
+    gate.send_replace(false);
+    let h = harness(cfg(), pool.clone(), &["http://a"]);
+    h.start("job", items(distinct(100)), Arc::new(FakeSink::default()), Duration::from_secs(600)).await;
+    while pool.calls().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let tasks = h.tasks.clone();
+    assert!(tasks.len() >= 2, "the engine and a chunk task");
+    h.shut_down().await;
+    assert!(tasks.is_empty());
+}
