@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The README's run command: brings the local system up (e2e/up.sh), applies the brief's
+# The README's run command: brings the whole system up on a real local node with the
+# chart installed from images built here (e2e/up.sh --cluster), applies the brief's
 # example batch (e2e/examples/), waits for it to succeed, and prints its status and the
 # results read from the location in its status; then runs the brief's curl flow against
-# the REST facade. Leaves the system up; e2e/down.sh stops it.
+# the REST facade's Service, and shows the pods. Leaves the system up; e2e/down.sh stops
+# it. `e2e/demo.sh --host` does the same on host processes, without pods.
 set -euo pipefail
 e2e=$(cd "$(dirname "$0")" && pwd)
-bash "$e2e/up.sh"
-source "$e2e/.state/env"
+if [ "${1:-}" = --host ]; then bash "$e2e/up.sh"; else bash "$e2e/up.sh" --cluster; fi
+source "${KUBESENTIMENT_STATE:-$e2e/.state}/env"
 k() { "$KUBECTL" "$@"; }
 echo "--- kubectl apply -f e2e/examples/"
 k apply -f "$e2e/examples/"
@@ -25,13 +27,13 @@ for line in sys.stdin:
     print("{index}  {label:<9} {score:.3f}  {tokens:>3} tokens  cached={cached}".format(**r))'
 
 echo "--- the same over REST (the brief's curl flow): POST \$KUBESENTIMENT_API/api/v1/batch/predict"
-key=${KUBESENTIMENT_API_KEYS%%,*}
-auth=(${key:+-H "Authorization: Bearer ${key%%=*}"})
+auth=()
+[ -n "${KUBESENTIMENT_API_KEY:-}" ] && auth=(-H "Authorization: Bearer $KUBESENTIMENT_API_KEY")
 curl -fsS "${auth[@]}" -X POST "$KUBESENTIMENT_API/api/v1/batch/predict" -H 'Content-Type: application/json' \
   -d '{"texts": ["I love this product! It is amazing.", "This is terrible and disappointing.", "It is okay, nothing special."],
-       "priority": "medium", "timeout_seconds": 300}' | tee "$e2e/.state/job.json"
+       "priority": "medium", "timeout_seconds": 300}' | tee "${KUBESENTIMENT_STATE:-$e2e/.state}/job.json"
 echo
-job=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["job_id"])' "$e2e/.state/job.json")
+job=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["job_id"])' "${KUBESENTIMENT_STATE:-$e2e/.state}/job.json")
 for _ in $(seq 1 300); do
   status=$(curl -fsS "${auth[@]}" "$KUBESENTIMENT_API/api/v1/batch/status/$job")
   case $status in *'"status":"completed"'*|*'"status":"failed"'*|*'"status":"expired"'*|*'"status":"cancelled"'*) break ;; esac
@@ -42,4 +44,8 @@ echo "$status"
 echo "--- GET /api/v1/batch/results/$job"
 curl -fsS "${auth[@]}" "$KUBESENTIMENT_API/api/v1/batch/results/$job"
 echo
+if [ "$KUBESENTIMENT_MODE" = cluster ]; then
+  echo "--- kubectl get pods -n $KUBESENTIMENT_NAMESPACE -o wide"
+  k get pods -n "$KUBESENTIMENT_NAMESPACE" -o wide
+fi
 echo "--- the system stays up: source e2e/.state/env to use \$KUBECTL; e2e/down.sh stops it"

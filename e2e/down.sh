@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Stops everything e2e/up.sh started and leaves no process behind.
+# Stops everything e2e/up.sh started and leaves no process behind. After a --cluster run
+# it also removes what the node added to the machine (the launcher does so when it stops;
+# `controlplane cleanup` does it again in case the launcher was killed): the pods'
+# processes, mounts, the bridge, nftables tables, cgroups and the node's state under
+# /run and /var/lib.
 set -uo pipefail
 state=${KUBESENTIMENT_STATE:-$(cd "$(dirname "$0")" && pwd)/.state}
 [ -d "$state" ] || exit 0
@@ -25,5 +29,8 @@ for f in "$state"/*.pid; do
   [ -f "$f" ] || continue
   pid=$(cat "$f"); kill -KILL -- "-$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null
 done
-rm -f "$state"/*.pid "$state/env"
+if [ -f "$state/node-bin" ] && [ -x "$(cat "$state/controlplane-bin" 2>/dev/null)/controlplane" ]; then
+  "$(cat "$state/controlplane-bin")/controlplane" cleanup --node-bin "$(cat "$state/node-bin")" || echo "down: the node's cleanup reported errors" >&2
+fi
+rm -f "$state"/*.pid "$state/env" "$state/node-bin"
 echo "down" >&2

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Starts the local control plane in the background and returns once its API server is
-# ready. Everything goes under STATE: cluster/ (certificates, etcd, kubeconfig),
+# ready. Everything goes under STATE: cluster/ (certificates, etcd, kubeconfig, logs),
 # controlplane.log and controlplane.pid. e2e/down.sh (or a SIGTERM to that pid) stops it.
-#   e2e/start-controlplane.sh STATE
+# Further arguments go to the launcher (--node … runs a node beside it).
+#   e2e/start-controlplane.sh STATE [ARGS…]
 set -euo pipefail
 state=$1
+shift
 bin=$(bash "$(dirname "$0")/build.sh")
 mkdir -p "$state"
-setsid "$bin/controlplane" --state "$state/cluster" </dev/null >"$state/controlplane.log" 2>&1 &
+echo "$bin" >"$state/controlplane-bin"
+setsid "$bin/controlplane" --state "$state/cluster" "$@" </dev/null >"$state/controlplane.log" 2>&1 &
 pid=$!
 echo $pid >"$state/controlplane.pid"
 for _ in $(seq 1 1200); do

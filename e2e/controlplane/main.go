@@ -1,30 +1,30 @@
-// Command controlplane runs a real Kubernetes control plane on loopback, for tests and
-// for the local stack: embedded etcd, the upstream kube-apiserver and
+// Command controlplane runs a real Kubernetes control plane, and optionally a real node,
+// for tests and for the local stack: embedded etcd, the upstream kube-apiserver and
 // kube-controller-manager (built from k8s.io/kubernetes at the version go.mod pins, by
 // e2e/build.sh, next to this binary), self-generated certificates and a service-account
 // key. It writes an admin kubeconfig, prints "ready" once the API answers, and on
 // SIGTERM stops its children and etcd and exits 0.
 //
+// With --node it also runs a node (node.go): containerd and runc, the CNI plugins on the
+// bridge ks0, the kubelet, kube-proxy (nftables) and kube-scheduler, with the API server
+// on the bridge where pods reach it; at exit it removes everything the node added
+// (cleanup.go), as `controlplane cleanup` does for a launcher that was killed.
+//
 // Versions: k8s.io/kubernetes v1.36.3 is the newest patch of the newest minor that the
 // Go module proxy serves with every staging module published (v0.36.3), and it builds
 // with the machine's Go 1.26; etcd v3.6.8 is the version that release's go.mod pins.
 //
-//	controlplane --state DIR [--exit-with-parent]
+//	controlplane --state DIR [--exit-with-parent] [--node --node-bin DIR --registry HOST:PORT]
+//	controlplane cleanup [--node-bin DIR]
 package main
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/hex"
-	"encoding/pem"
 	"flag"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -39,8 +39,19 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "cleanup" {
+		fs := flag.NewFlagSet("cleanup", flag.ExitOnError)
+		n := nodeFlags(fs)
+		_ = fs.Parse(os.Args[2:])
+		if err := n.cleanup(); err != nil {
+			fail(err)
+		}
+		return
+	}
 	state := flag.String("state", "", "directory for certificates, etcd data, logs and the kubeconfig")
 	withParent := flag.Bool("exit-with-parent", false, "shut down when the process that started this one exits, and remove --state (for test harnesses)")
+	withNode := flag.Bool("node", false, "also run a node: containerd, the kubelet, kube-proxy and kube-scheduler, on the bridge "+bridgeName)
+	n := nodeFlags(flag.CommandLine)
 	flag.Parse()
 	if *withParent {
 		go watchParent()
@@ -48,7 +59,20 @@ func main() {
 	if *state == "" {
 		fail(fmt.Errorf("--state is required"))
 	}
-	err := run(*state)
+	var nd *node
+	if *withNode {
+		if n.bin == "" || n.registry == "" {
+			fail(fmt.Errorf("--node needs --node-bin and --registry"))
+		}
+		n.state = *state
+		nd = n
+	}
+	err := run(*state, nd)
+	if nd != nil {
+		if cerr := nd.cleanup(); cerr != nil {
+			fmt.Fprintln(os.Stderr, "controlplane: cleaning up the node:", cerr)
+		}
+	}
 	if *withParent {
 		// A harness's cluster is disposable: leave nothing behind in the temp dir.
 		_ = os.RemoveAll(*state)
@@ -56,6 +80,18 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
+}
+
+// nodeFlags declares where a node's parts are, for running one and for cleaning up.
+func nodeFlags(fs *flag.FlagSet) *node {
+	n := &node{}
+	self, _ := os.Executable()
+	n.k8sBin = filepath.Dir(self)
+	fs.StringVar(&n.bin, "node-bin", "", "containerd, its shim, runc, nft and cni/ (e2e/build-node.sh)")
+	fs.StringVar(&n.root, "node-root", "/var/lib/kubesentiment-e2e", "the node's persistent state")
+	fs.StringVar(&n.run, "node-run", "/run/kubesentiment-e2e", "the node's volatile state")
+	fs.StringVar(&n.registry, "registry", "", "HOST:PORT of the local registry the node pulls from")
+	return n
 }
 
 // watchParent sends this process SIGTERM once its parent is gone, so a test process that
@@ -73,7 +109,7 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-func run(state string) error {
+func run(state string, nd *node) error {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return err
 	}
@@ -90,6 +126,16 @@ func run(state string) error {
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
+	// Without a node everything is on loopback; with one, the API server listens on the
+	// node's bridge, where pods reach it through the kubernetes Service.
+	host := "127.0.0.1"
+	var children []<-chan error
+	if nd != nil {
+		host = nodeIP
+		if err := nd.prepareHost(); err != nil {
+			return fmt.Errorf("preparing the host: %w", err)
+		}
+	}
 
 	etcdURL, etcd, err := startEtcd(filepath.Join(state, "etcd"))
 	if err != nil {
@@ -97,79 +143,142 @@ func run(state string) error {
 	}
 	defer etcd.Close()
 
-	port, err := freePort()
+	port, err := freePort(host)
 	if err != nil {
 		return err
 	}
-	server := fmt.Sprintf("https://127.0.0.1:%d", port)
+	server := fmt.Sprintf("https://%s:%d", host, port)
 	kubeconfig := filepath.Join(state, "kubeconfig")
 	if err := writeKubeconfig(kubeconfig, server, certs.ca, certs.token); err != nil {
 		return err
 	}
+	if nd != nil {
+		if err := nd.writeConfigs(certs, server); err != nil {
+			return err
+		}
+		containerd, err := nd.startContainerd(ctx)
+		if err != nil {
+			return err
+		}
+		children = append(children, containerd)
+	}
 
-	apiserver, err := spawn(ctx, filepath.Join(bin, "kube-apiserver"), filepath.Join(state, "kube-apiserver.log"),
-		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1",
+	apiArgs := []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=" + host,
 		fmt.Sprintf("--secure-port=%d", port),
-		"--cert-dir="+filepath.Join(state, "apiserver-certs"),
-		"--tls-cert-file="+certs.serverCert,
-		"--tls-private-key-file="+certs.serverKey,
-		"--client-ca-file="+certs.ca,
-		"--token-auth-file="+certs.tokenFile,
-		"--service-account-key-file="+certs.saKey,
-		"--service-account-signing-key-file="+certs.saKey,
+		"--cert-dir=" + filepath.Join(state, "apiserver-certs"),
+		"--tls-cert-file=" + certs.serverCert,
+		"--tls-private-key-file=" + certs.serverKey,
+		"--client-ca-file=" + certs.ca,
+		"--token-auth-file=" + certs.tokenFile,
+		"--service-account-key-file=" + certs.saKey,
+		"--service-account-signing-key-file=" + certs.saKey,
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-cluster-ip-range=10.0.0.0/24",
+		"--service-cluster-ip-range=" + serviceCIDR,
 		"--authorization-mode=Node,RBAC",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--v=0",
-	)
+	}
+	if nd != nil {
+		apiArgs = append(apiArgs,
+			"--advertise-address="+nodeIP,
+			"--kubelet-client-certificate="+certs.apiserverKubeletClient,
+			"--kubelet-client-key="+certs.apiserverKubeletClientKey,
+			"--kubelet-certificate-authority="+certs.ca,
+			"--kubelet-preferred-address-types=InternalIP",
+			// Aggregated APIs (metrics-server) through the front proxy.
+			"--requestheader-client-ca-file="+certs.frontProxyCA,
+			"--requestheader-allowed-names=front-proxy-client",
+			"--requestheader-username-headers=X-Remote-User",
+			"--requestheader-group-headers=X-Remote-Group",
+			"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+			"--proxy-client-cert-file="+certs.frontProxyClient,
+			"--proxy-client-key-file="+certs.frontProxyClientKey,
+			"--enable-aggregator-routing=true",
+		)
+	}
+	apiserver, err := spawn(ctx, filepath.Join(bin, "kube-apiserver"), filepath.Join(state, "kube-apiserver.log"), apiArgs...)
 	if err != nil {
 		return err
 	}
+	children = append(children, apiserver)
 	if err := waitReady(ctx, server, certs.ca, certs.token); err != nil {
 		return fmt.Errorf("kube-apiserver never became ready (see %s): %w", filepath.Join(state, "kube-apiserver.log"), err)
 	}
 
-	controllers, err := spawn(ctx, filepath.Join(bin, "kube-controller-manager"), filepath.Join(state, "kube-controller-manager.log"),
-		"--kubeconfig="+kubeconfig,
-		"--authentication-kubeconfig="+kubeconfig,
-		"--authorization-kubeconfig="+kubeconfig,
+	// Without a node only the controllers the tests need; with one, the default set (node
+	// lifecycle, disruption budgets, autoscaling, …).
+	controllers := "garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller,serviceaccount-controller," +
+		"serviceaccount-token-controller,endpointslice-controller,root-ca-certificate-publisher-controller"
+	kcmArgs := []string{
+		"--kubeconfig=" + kubeconfig,
+		"--authentication-kubeconfig=" + kubeconfig,
+		"--authorization-kubeconfig=" + kubeconfig,
 		"--bind-address=127.0.0.1",
 		"--secure-port=0",
 		"--leader-elect=false",
-		"--controllers=garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,endpointslice-controller,root-ca-certificate-publisher-controller",
-		"--service-account-private-key-file="+certs.saKey,
-		"--root-ca-file="+certs.ca,
+		"--service-account-private-key-file=" + certs.saKey,
+		"--root-ca-file=" + certs.ca,
 		"--use-service-account-credentials=false",
 		"--v=0",
-	)
+	}
+	if nd != nil {
+		controllers = "*"
+		kcmArgs = append(kcmArgs, "--cluster-signing-cert-file="+certs.ca, "--cluster-signing-key-file="+certs.caKey,
+			"--node-monitor-grace-period=20s", "--horizontal-pod-autoscaler-sync-period=5s")
+	}
+	controllerManager, err := spawn(ctx, filepath.Join(bin, "kube-controller-manager"), filepath.Join(state, "kube-controller-manager.log"),
+		append(kcmArgs, "--controllers="+controllers)...)
 	if err != nil {
 		return err
 	}
+	children = append(children, controllerManager)
+	if nd != nil {
+		agents, err := nd.startAgents(ctx, kubeconfig)
+		if err != nil {
+			return err
+		}
+		children = append(children, agents...)
+	}
 
 	fmt.Printf("ready %s kubeconfig=%s\n", server, kubeconfig)
+	exited := make(chan error, len(children))
+	for _, c := range children {
+		go func(c <-chan error) { exited <- <-c }(c)
+	}
 	select {
 	case <-ctx.Done():
-	case err := <-apiserver:
-		return fmt.Errorf("kube-apiserver exited: %v", err)
-	case err := <-controllers:
-		return fmt.Errorf("kube-controller-manager exited: %v", err)
+	case err := <-exited:
+		stop()
+		waitAll(exited, len(children)-1)
+		return fmt.Errorf("a component exited (see the logs in %s): %v", state, err)
 	}
 	// Children got SIGTERM from the cancelled context; wait for them before etcd goes.
-	<-controllers
-	<-apiserver
+	waitAll(exited, len(children))
 	return nil
+}
+
+func waitAll(exited <-chan error, n int) {
+	for i := 0; i < n; i++ {
+		<-exited
+	}
 }
 
 // spawn starts a child that gets SIGTERM when ctx ends; the channel yields its exit.
 func spawn(ctx context.Context, path, logFile string, args ...string) (<-chan error, error) {
+	return spawnEnv(ctx, os.Environ(), path, logFile, args...)
+}
+
+// spawnEnv is spawn with the child's environment.
+func spawnEnv(ctx context.Context, env []string, path, logFile string, args ...string) (<-chan error, error) {
 	log, err := os.Create(logFile)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(path, args...)
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -200,11 +309,11 @@ func spawn(ctx context.Context, path, logFile string, args ...string) (<-chan er
 }
 
 func startEtcd(dir string) (string, *embed.Etcd, error) {
-	clientPort, err := freePort()
+	clientPort, err := freePort("127.0.0.1")
 	if err != nil {
 		return "", nil, err
 	}
-	peerPort, err := freePort()
+	peerPort, err := freePort("127.0.0.1")
 	if err != nil {
 		return "", nil, err
 	}
@@ -230,8 +339,8 @@ func startEtcd(dir string) (string, *embed.Etcd, error) {
 	}
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, err
 	}
@@ -263,97 +372,6 @@ func waitReady(ctx context.Context, server, caFile, token string) error {
 		time.Sleep(200 * time.Millisecond)
 	}
 	return fmt.Errorf("timed out")
-}
-
-type certFiles struct {
-	ca, serverCert, serverKey, saKey, tokenFile, token string
-}
-
-// writeCerts makes a CA, a serving certificate for loopback, a service-account key, and
-// an admin bearer token in system:masters. Existing files are reused.
-func writeCerts(state string) (certFiles, error) {
-	dir := filepath.Join(state, "pki")
-	f := certFiles{
-		ca:         filepath.Join(dir, "ca.crt"),
-		serverCert: filepath.Join(dir, "apiserver.crt"),
-		serverKey:  filepath.Join(dir, "apiserver.key"),
-		saKey:      filepath.Join(dir, "sa.key"),
-		tokenFile:  filepath.Join(dir, "tokens.csv"),
-	}
-	if tok, err := os.ReadFile(filepath.Join(dir, "admin.token")); err == nil {
-		f.token = string(tok)
-		return f, nil
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return f, err
-	}
-	caKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return f, err
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "kubesentiment-local-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.AddDate(10, 0, 0),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return f, err
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	srvKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return f, err
-	}
-	srvTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.AddDate(10, 0, 0),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.0.1")},
-	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
-	if err != nil {
-		return f, err
-	}
-	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return f, err
-	}
-	tokenBytes := make([]byte, 24)
-	if _, err := rand.Read(tokenBytes); err != nil {
-		return f, err
-	}
-	f.token = hex.EncodeToString(tokenBytes)
-	writes := []struct {
-		path string
-		data []byte
-	}{
-		{f.ca, pemBlock("CERTIFICATE", caDER)},
-		{f.serverCert, pemBlock("CERTIFICATE", srvDER)},
-		{f.serverKey, pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(srvKey))},
-		{f.saKey, pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey))},
-		{f.tokenFile, []byte(f.token + ",admin,admin,\"system:masters\"\n")},
-		{filepath.Join(dir, "admin.token"), []byte(f.token)},
-	}
-	for _, w := range writes {
-		if err := os.WriteFile(w.path, w.data, 0o600); err != nil {
-			return f, err
-		}
-	}
-	return f, nil
-}
-
-func pemBlock(kind string, der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der})
 }
 
 func writeKubeconfig(path, server, caFile, token string) error {

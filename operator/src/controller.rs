@@ -95,8 +95,7 @@ pub async fn run(ctx: Arc<Context>, api: Api<SentimentBatch>, notify: mpsc::Rece
 }
 
 async fn reconcile(batch: Arc<SentimentBatch>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api: Api<SentimentBatch> = Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
-    let action = finalizer(&api, FINALIZER, batch, |event| async {
+    let action = finalizer(&api(&ctx, &batch), FINALIZER, batch, |event| async {
         match event {
             Finalizer::Apply(b) => apply(&b, &ctx).await,
             Finalizer::Cleanup(b) => cleanup(&b, &ctx).await,
@@ -236,8 +235,19 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
 
 /// Ends a batch: stops its work, writes the failures list and manifest from what the
 /// store holds, and sets the final phase.
-async fn finalize(batch: &SentimentBatch, ctx: &Context, store: &Store, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
-    forget(ctx, &batch.uid().unwrap_or_default()).await;
+///
+/// It reads the batch afresh first: the controller's cache may not hold yet the status
+/// this operator wrote moments before (the total, the start time), and another reconcile
+/// may have ended the batch meanwhile.
+async fn finalize(cached: &SentimentBatch, ctx: &Context, store: &Store, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
+    forget(ctx, &cached.uid().unwrap_or_default()).await;
+    let Some(batch) = api(ctx, cached).get_opt(&cached.name_any()).await?.filter(|b| b.uid() == cached.uid()) else {
+        return Ok(Action::await_change());
+    };
+    if batch.phase().is_final() {
+        return Ok(Action::await_change());
+    }
+    let batch = &batch;
     let old = batch.status.clone().unwrap_or_default();
     let total = old.total_texts.max(0) as usize;
     let parts = store.read_parts().await?;
@@ -322,9 +332,8 @@ async fn retry_failed(batch: &SentimentBatch, ctx: &Context, store: Option<Store
         )
         .await;
     }
-    let api: Api<SentimentBatch> = Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
     let patch = json!({"metadata": {"annotations": {RETRY_FAILED: null}}});
-    api.patch(&batch.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    api(ctx, batch).patch(&batch.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
 }
 
@@ -336,19 +345,23 @@ async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error>
     Ok(Action::await_change())
 }
 
+/// The batches of `batch`'s namespace.
+fn api(ctx: &Context, batch: &SentimentBatch) -> Api<SentimentBatch> {
+    Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default())
+}
+
 /// Applies `status` unless it equals what is already there.
 async fn write_status(batch: &SentimentBatch, ctx: &Context, status: SentimentBatchStatus) -> Result<(), Error> {
     if batch.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<SentimentBatch> = Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": SentimentBatch::api_version(&()),
         "kind": SentimentBatch::kind(&()),
         "status": status,
     });
     ctx.metrics.status_writes.inc();
-    api.patch_status(&batch.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
+    api(ctx, batch).patch_status(&batch.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
     Ok(())
 }
 

@@ -178,3 +178,14 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Distinct, realistic review sentences (distinct so no result cache can help).
+pub fn texts(n: usize, tag: &str) -> Vec<String> {
+    const SHAPES: [&str; 4] = [
+        "I love this product {}, it works great and arrived early.",
+        "Terrible experience with order {}; it broke after a day.",
+        "The package {} was fine, nothing special about it.",
+        "Absolutely wonderful service for ticket {}, thank you!",
+    ];
+    (0..n).map(|i| SHAPES[i % 4].replace("{}", &format!("{tag}-{i}"))).collect()
+}

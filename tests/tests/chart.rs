@@ -72,6 +72,35 @@ fn the_dockerfiles_lint_clean() {
     assert!(!ok && out.contains("DL3007"), "{out}");
 }
 
+/// The Dockerfiles are what e2e/images/images.go renders, the definition the local
+/// cluster's image build follows too; a hand-edited one fails here.
+#[test]
+fn dockerfiles_are_generated_from_the_image_definitions() {
+    let check = |repo: &std::path::Path| {
+        let out = Command::new("go")
+            .args(["run", ".", "dockerfiles", "--check", "--repo"])
+            .arg(repo)
+            .current_dir(repo_root().join("e2e/images"))
+            .env("GOTOOLCHAIN", "local")
+            .output()
+            .expect("the Go toolchain");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = check(&repo_root());
+    assert!(ok, "{err}");
+    // A copy with one edited Dockerfile is refused, naming it.
+    let copy = std::env::temp_dir().join(format!("ks-dockerfiles-{}", std::process::id()));
+    for dir in ["operator", "facade", "inference-server"] {
+        std::fs::create_dir_all(copy.join(dir)).unwrap();
+        std::fs::copy(repo_root().join(dir).join("Dockerfile"), copy.join(dir).join("Dockerfile")).unwrap();
+    }
+    let edited = std::fs::read_to_string(copy.join("facade/Dockerfile")).unwrap().replace("USER 65532:65532", "USER root");
+    std::fs::write(copy.join("facade/Dockerfile"), edited).unwrap();
+    let (ok, err) = check(&copy);
+    assert!(!ok && err.contains("facade/Dockerfile is stale") && !err.contains("operator/Dockerfile"), "{err}");
+    std::fs::remove_dir_all(copy).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_lints_validates_and_installs() {
     let Some(cluster) = cluster() else { return };

@@ -15,7 +15,7 @@ use kubesentiment_core::crd::{Phase, SentimentBatch};
 use kubesentiment_core::names::BATCH_UID_LABEL;
 use kubesentiment_core::store::Manifest;
 use kubesentiment_tests::stack::{Inference, Proc, S3, install_crds, operator, register};
-use kubesentiment_tests::{Cluster, TestNamespace, cluster, eventually};
+use kubesentiment_tests::{Cluster, TestNamespace, cluster, eventually, texts};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(180);
@@ -97,17 +97,6 @@ impl Env {
         }
         lines
     }
-}
-
-/// Distinct, realistic review sentences (distinct so the result cache cannot help).
-fn texts(n: usize, tag: &str) -> Vec<String> {
-    const SHAPES: [&str; 4] = [
-        "I love this product {}, it works great and arrived early.",
-        "Terrible experience with order {}; it broke after a day.",
-        "The package {} was fine, nothing special about it.",
-        "Absolutely wonderful service for ticket {}, thank you!",
-    ];
-    (0..n).map(|i| SHAPES[i % 4].replace("{}", &format!("{tag}-{i}"))).collect()
 }
 
 fn status(b: &SentimentBatch) -> &kubesentiment_core::crd::SentimentBatchStatus {
