@@ -141,6 +141,19 @@ pub fn running(batch: &SentimentBatch, counts: SentimentBatchStatus, location: S
     }
 }
 
+/// Admitted, but no inference pod is ready: `Running=False/WaitingForCapacity`.
+pub fn waiting_for_capacity(batch: &SentimentBatch, counts: SentimentBatchStatus, location: String) -> SentimentBatchStatus {
+    let mut status = running(batch, counts, location);
+    status.conditions[1] = condition(
+        batch,
+        RUNNING,
+        false,
+        "WaitingForCapacity",
+        "no inference pod is ready; waiting for the inference Deployment to scale up",
+    );
+    status
+}
+
 /// A final phase, with `counts` already applied: `Complete=True` with `reason`, and
 /// `Failed=True` too when the batch failed.
 pub fn ended(batch: &SentimentBatch, counts: SentimentBatchStatus, phase: Phase, reason: &str, message: &str) -> SentimentBatchStatus {
@@ -258,6 +271,8 @@ mod tests {
         let run = batch(Some(running(&queued, counts(&queued.status.clone().unwrap(), 2, &Tally::default()), "loc".into())));
         assert_eq!(run.phase(), Phase::Running);
         assert!(has_condition(&run, QUEUED, false, "Admitted") && has_condition(&run, RUNNING, true, "Dispatching"));
+        let waiting = batch(Some(waiting_for_capacity(&run, run.status.clone().unwrap(), "loc".into())));
+        assert!(waiting.phase() == Phase::Running && has_condition(&waiting, RUNNING, false, "WaitingForCapacity"));
         // The same condition again keeps its time.
         let again = running(&run, run.status.clone().unwrap(), "loc".into());
         assert_eq!(again.conditions, run.status.as_ref().unwrap().conditions);

@@ -29,6 +29,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::autoscaler::Capacity;
 use crate::engine::{Engine, JobStart};
 use crate::metrics::Metrics;
 use crate::source;
@@ -68,6 +69,8 @@ pub struct Context {
     pub stores: ObjectStores,
     pub metrics: Metrics,
     pub recorder: Recorder,
+    /// What a batch waiting for pods is told about the scale-up.
+    pub capacity: Capacity,
     /// Consecutive failures per batch, for error backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// When each running batch's progress was last written, to write at most once per
@@ -77,9 +80,23 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, engine: Engine, cfg: AsyncBatch, stores: ObjectStores, metrics: Metrics, instance: String) -> Self {
-        let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: Some(instance) });
-        Context { client, engine, cfg, stores, metrics, recorder, failures: Mutex::default(), progress_written: Mutex::default() }
+        Context {
+            recorder: recorder(&client, instance),
+            client,
+            engine,
+            cfg,
+            stores,
+            metrics,
+            capacity: Capacity::default(),
+            failures: Mutex::default(),
+            progress_written: Mutex::default(),
+        }
     }
+}
+
+/// The operator's Event recorder, as replica `instance`.
+pub fn recorder(client: &Client, instance: String) -> Recorder {
+    Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: Some(instance) })
 }
 
 /// Runs the controller over `api` until `stop`. `notify` carries batches the engine wants
@@ -171,11 +188,19 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(STATUS_PERIOD - since));
     }
     let old = batch.status.clone().unwrap_or_default();
+    let left = progress.total.saturating_sub(progress.tally.done());
+    // Waiting for pods, the estimate counts the scale-up (when this operator scales).
+    let eta = if progress.waiting_for_capacity { ctx.capacity.eta_from_zero(left) } else { progress.eta_seconds };
     let counts = SentimentBatchStatus {
-        estimated_completion_seconds: progress.eta_seconds.or(old.estimated_completion_seconds),
+        estimated_completion_seconds: eta.or(old.estimated_completion_seconds),
         ..status::counts(&old, progress.total, &progress.tally)
     };
-    write_status(batch, ctx, status::running(batch, counts, store.manifest_location())).await?;
+    let status = if progress.waiting_for_capacity {
+        status::waiting_for_capacity(batch, counts, store.manifest_location())
+    } else {
+        status::running(batch, counts, store.manifest_location())
+    };
+    write_status(batch, ctx, status).await?;
     ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").insert(uid, Instant::now());
     Ok(Action::requeue(every))
 }

@@ -6,10 +6,12 @@
 //! - [`engine`]: the task that owns the scheduler and the endpoint pool and dispatches
 //!   chunks; it reaches inference and the results store only through two traits.
 //! - [`scheduler`]: pure ordering logic: admission, priority with aging, deadlines.
+//! - [`autoscaler`]: queue-aware scaling of the inference Deployment (pure decisions).
 //! - [`source`]: reading texts (inline, ConfigMap, S3).
 //! - [`metrics`], [`http`]: Prometheus metrics and the health/metrics server.
 //!
 //! The resource, settings, results store and status live in `kubesentiment-core`.
+pub mod autoscaler;
 pub mod controller;
 pub mod engine;
 pub mod http;

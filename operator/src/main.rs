@@ -17,6 +17,7 @@ use kubesentiment_core::cli::{Common, shutdown_on_signal};
 use kubesentiment_core::config::{AsyncBatch, ObjectStores};
 use kubesentiment_core::crd::SentimentBatch;
 use kubesentiment_core::endpoints;
+use kubesentiment_operator::autoscaler::{self, AutoscaleArgs, Capacity, Scaler};
 use kubesentiment_operator::controller::{self, Context};
 use kubesentiment_operator::engine::{self, Engine, Wiring};
 use kubesentiment_operator::http::{self, Health};
@@ -52,6 +53,8 @@ struct Cli {
     /// This replica's identity in the Lease (default: POD_NAME, else a random id).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    #[command(flatten)]
+    autoscale: AutoscaleArgs,
 }
 
 #[tokio::main]
@@ -151,8 +154,24 @@ impl Operator {
             stop: stop.clone(),
         };
         let engine = Engine::start(&cfg, wiring);
-        let ctx = Arc::new(Context::new(client, engine, cfg, stores, metrics, identity));
-        tasks.spawn(controller::run(ctx, batches, notify_rx, stop.clone()));
+        let capacity = Capacity::default();
+        // The leader alone scales; it starts from the Deployment's replicas as they are.
+        if let Some(deployment) = &cli.autoscale.autoscale_deployment {
+            let scaler = Scaler {
+                client: client.clone(),
+                namespace: cli.common.inference_service.namespace.clone(),
+                deployment: deployment.clone(),
+                policy: (&cli.autoscale).into(),
+                engine: engine.clone(),
+                metrics: metrics.clone(),
+                recorder: controller::recorder(&client, identity.clone()),
+                capacity: capacity.clone(),
+            };
+            tasks.spawn(autoscaler::run(scaler, stop.clone()));
+        }
+        let mut ctx = Context::new(client, engine, cfg, stores, metrics, identity);
+        ctx.capacity = capacity;
+        tasks.spawn(controller::run(Arc::new(ctx), batches, notify_rx, stop.clone()));
 
         // Leadership lost: stop dispatching at once and exit, so the pod restarts as a standby.
         let lost = tokio::select! {

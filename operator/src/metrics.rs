@@ -24,6 +24,9 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     pub reconcile_errors: IntCounterVec,
     pub status_writes: IntCounter,
+    pub autoscaler_desired: IntGauge,
+    pub autoscaler_current: IntGauge,
+    pub autoscaler_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -74,6 +77,15 @@ impl Metrics {
                 &["reason"]
             )),
             status_writes: reg!(IntCounter::new("kubesentiment_status_writes_total", "Status patches sent to the API server")),
+            autoscaler_desired: reg!(IntGauge::new(
+                "kubesentiment_autoscaler_desired_replicas",
+                "Inference replicas the operator last asked for"
+            )),
+            autoscaler_current: reg!(IntGauge::new("kubesentiment_autoscaler_current_replicas", "Inference replicas the Deployment has")),
+            autoscaler_decisions: reg!(IntCounterVec::new(
+                Opts::new("kubesentiment_autoscaler_decisions_total", "Changes of the inference replicas, by reason (queue, idle, bound)"),
+                &["reason"]
+            )),
             registry,
         };
         register_process_metrics(&m.registry);

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, EvictParams, ListParams, PostParams};
@@ -14,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 use kubesentiment_core::config::ObjectStores;
 use kubesentiment_core::crd::{Phase, SentimentBatch};
 use kubesentiment_core::store::Store;
-use kubesentiment_tests::{TestNamespace, cluster, eventually, texts};
+use kubesentiment_tests::{TestNamespace, cluster, eventually, repo_root, texts};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(300);
@@ -65,6 +66,60 @@ impl Release {
     async fn leader(&self) -> Result<String> {
         let lease = Api::<Lease>::namespaced(self.client.clone(), &self.namespace).get("kubesentiment-operator").await?;
         lease.spec.and_then(|s| s.holder_identity).context("the Lease has a holder")
+    }
+}
+
+impl Release {
+    /// `helm upgrade` of the release with the local values, its images, and `sets`
+    /// (without them: back to how e2e/up.sh installed it); waits for it.
+    async fn upgrade(&self, sets: &[&str]) -> Result<()> {
+        let var = |k: &str| std::env::var(k).with_context(|| format!("{k} in e2e/.state/env"));
+        let images = format!("image.registry={},image.tag={}", var("KUBESENTIMENT_REGISTRY")?, var("KUBESENTIMENT_IMAGE_TAG")?);
+        let mut cmd = std::process::Command::new(var("HELM")?);
+        cmd.args(["upgrade", "kubesentiment"])
+            .arg(repo_root().join("charts/kubesentiment"))
+            .args(["-n", &self.namespace, "-f"])
+            .arg(repo_root().join("e2e/values-local.yaml"))
+            .args(["--set", &images, "--wait", "--timeout", "5m"]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+        anyhow::ensure!(out.status.success(), "helm upgrade {sets:?}: {}", String::from_utf8_lossy(&out.stderr));
+        self.ready("operator", 2).await?;
+        Ok(())
+    }
+
+    fn deployment(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The inference Deployment's replicas, as set.
+    async fn replicas(&self) -> Result<i32> {
+        Ok(self.deployment().get("kubesentiment-inference").await?.spec.and_then(|s| s.replicas).unwrap_or(1))
+    }
+
+    /// Texts each ready inference pod has inferred (its own /metrics).
+    async fn texts_per_pod(&self) -> Result<Vec<f64>> {
+        let mut out = Vec::new();
+        for pod in self.component("inference").await?.iter().filter(|p| is_ready(p)) {
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("a pod IP")?;
+            let page = reqwest::get(format!("http://{ip}:8080/metrics")).await?.text().await?;
+            out.push(inference_api::metric_sums(&page).get("inference_batch_size_sum").copied().unwrap_or(0.0));
+        }
+        Ok(out)
+    }
+
+    /// Whether `who` (a ServiceAccount of the release) may `verb` `resource` (and its
+    /// `subresource`).
+    fn can_i(&self, who: &str, verb: &str, resource: &str, subresource: Option<&str>) -> bool {
+        let out = std::process::Command::new(std::env::var("KUBECTL").unwrap())
+            .args(["auth", "can-i", verb, resource, "-n", &self.namespace])
+            .args(subresource.map(|s| format!("--subresource={s}")))
+            .arg(format!("--as=system:serviceaccount:{}:{who}", self.namespace))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
     }
 }
 
@@ -237,6 +292,115 @@ async fn eviction_is_refused_while_the_budget_forbids_it() {
     .unwrap();
     let now = r.ready("operator", 2).await.unwrap();
     assert!(now.iter().all(|p| p.name_any() != operators[0].name_any()));
+}
+
+/// The operator's own autoscaling (#14): from zero when a batch arrives, back to zero
+/// once idle, a second pod for a backlog with both pods given chunks, Events on the
+/// Deployment and least-privilege RBAC.
+#[tokio::test]
+async fn the_operator_scales_inference_by_its_queue() {
+    let Some(r) = release().await else { return };
+    r.upgrade(&[
+        "inference.autoscaling.mode=operator",
+        "inference.autoscaling.minReplicas=0",
+        "inference.autoscaling.maxReplicas=2",
+        "inference.autoscaling.targetDrainSeconds=5",
+        "inference.autoscaling.scaleDownIdleSeconds=15",
+    ])
+    .await
+    .unwrap();
+    let sa = "kubesentiment-operator";
+    assert!(r.can_i(sa, "patch", "deployments.apps/kubesentiment-inference", Some("scale")));
+    assert!(r.can_i(sa, "get", "deployments.apps/kubesentiment-inference", Some("scale")));
+    assert!(!r.can_i(sa, "patch", "deployments.apps/kubesentiment-inference", None), "the Deployment itself stays out of reach");
+    assert!(!r.can_i(sa, "patch", "deployments.apps/kubesentiment-facade", Some("scale")), "only the inference Deployment");
+
+    // Idle: no inference pod at all.
+    eventually(LONG, "inference at zero", || async {
+        Ok((r.replicas().await? == 0 && r.component("inference").await?.is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
+    let n = 5000;
+    let applied = std::time::Instant::now();
+    let (ns, batches) = batch("from-zero", n).await.unwrap();
+    let waiting = eventually(LONG, "a condition saying the batch waits for pods", || async {
+        let b = batches.get("from-zero").await?;
+        let s = b.status.as_ref();
+        let waits = s.is_some_and(|s| s.conditions.iter().any(|c| c.reason == "WaitingForCapacity"));
+        let started = s.is_some_and(|s| s.processed_texts > 0);
+        Ok((waits || started).then_some(b))
+    })
+    .await
+    .unwrap();
+    assert!(
+        waiting.status.as_ref().unwrap().conditions.iter().any(|c| c.reason == "WaitingForCapacity"),
+        "seen waiting for pods before any text was done: {:#?}",
+        waiting.status
+    );
+    progressed(&batches, "from-zero", 1).await.unwrap();
+    eprintln!("scale from zero: first result {:.1} s after the batch was applied", applied.elapsed().as_secs_f64());
+    // A 5,000-text backlog drained in 5 s needs more than one pod: the second comes.
+    r.ready("inference", 2).await.unwrap();
+    exactly_once(&batches, "from-zero", n).await.unwrap();
+    let per_pod = r.texts_per_pod().await.unwrap();
+    assert!(per_pod.len() == 2 && per_pod.iter().all(|t| *t > 0.0), "both pods computed texts: {per_pod:?}");
+    // Idle again: back to zero.
+    eventually(LONG, "inference back at zero", || async { Ok((r.replicas().await? == 0).then_some(())) }).await.unwrap();
+    let events: Vec<String> = Api::<k8s_openapi::api::events::v1::Event>::namespaced(r.client.clone(), &r.namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|o| o.name.as_deref()) == Some("kubesentiment-inference"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(events.contains(&"ScaledUp".to_string()) && events.contains(&"ScaledDown".to_string()), "{events:?}");
+    ns.delete().await.unwrap();
+    r.upgrade(&[]).await.unwrap();
+}
+
+/// The chart's CPU HPA on the real node: sustained load scales inference 1 → 2, and it
+/// comes back once idle.
+#[tokio::test]
+async fn the_cpu_hpa_scales_inference_under_load() {
+    let Some(r) = release().await else { return };
+    r.upgrade(&[]).await.unwrap();
+    r.ready("inference", 1).await.unwrap();
+    // Sustained load: four batches of 8,000 texts (a ConfigMap holds at most 1 MiB).
+    let began = std::time::Instant::now();
+    let mut load = Vec::new();
+    for i in 0..4 {
+        load.push(batch(&format!("hpa-load-{i}"), 8000).await.unwrap());
+    }
+    eventually(LONG, "the HPA to ask for a second pod", || async { Ok((r.replicas().await? == 2).then_some(())) }).await.unwrap();
+    eprintln!("hpa: 1 → 2 replicas {:.1} s into the load", began.elapsed().as_secs_f64());
+    r.ready("inference", 2).await.unwrap();
+    for (i, (ns, batches)) in load.into_iter().enumerate() {
+        exactly_once(&batches, &format!("hpa-load-{i}"), 8000).await.unwrap();
+        ns.delete().await.unwrap();
+    }
+    eventually(LONG, "the HPA to go back to one pod", || async { Ok((r.replicas().await? == 1).then_some(())) }).await.unwrap();
+}
+
+/// Fewer pods mid-batch (a scale-down, as an HPA or a person makes it) loses and
+/// duplicates nothing: the leaving pod finishes what it holds.
+#[tokio::test]
+async fn a_scale_down_during_a_batch_loses_nothing() {
+    let Some(r) = release().await else { return };
+    r.upgrade(&["inference.autoscaling.mode=none", "inference.replicas=2"]).await.unwrap();
+    r.ready("inference", 2).await.unwrap();
+    let n = 6000;
+    let (ns, batches) = batch("scale-down", n).await.unwrap();
+    progressed(&batches, "scale-down", 500).await.unwrap();
+    let patch = kube::api::Patch::Merge(json!({"spec": {"replicas": 1}}));
+    r.deployment().patch_scale("kubesentiment-inference", &Default::default(), &patch).await.unwrap();
+    let status = batches.get("scale-down").await.unwrap().status.unwrap();
+    assert!(status.processed_texts < n as i64, "scaled down mid-batch");
+    exactly_once(&batches, "scale-down", n).await.unwrap();
+    ns.delete().await.unwrap();
+    r.upgrade(&[]).await.unwrap();
 }
 
 /// The IPv4 address of `name` from the DNS server at `server`, over UDP.

@@ -105,7 +105,8 @@ pub async fn run(shared: &Shared, tx: &mpsc::Sender<Command>, a: &Attempt) -> (O
             && let Some(got) = results.first().map(|r| r.model_name.as_str())
             && got != want
         {
-            let _ = tx.send(Command::Answered { endpoint: a.url.clone(), texts: ask.len(), elapsed: began.elapsed() }).await;
+            let answered = Command::Answered { endpoint: a.url.clone(), chunk: a.range.len(), asked: ask.len(), elapsed: began.elapsed() };
+            let _ = tx.send(answered).await;
             return (Outcome::Fatal(format!("the inference pool serves model {got:?}, but the batch asks for {want:?}")), true);
         }
         if let Some(first) = results.first() {
@@ -120,7 +121,7 @@ pub async fn run(shared: &Shared, tx: &mpsc::Sender<Command>, a: &Attempt) -> (O
         }
         (ask.len(), began.elapsed())
     };
-    let _ = tx.send(Command::Answered { endpoint: a.url.clone(), texts, elapsed }).await;
+    let _ = tx.send(Command::Answered { endpoint: a.url.clone(), chunk: a.range.len(), asked: texts, elapsed }).await;
     // Later duplicates of a text inside the chunk were computed once: they are hits too.
     let mut seen = HashSet::new();
     let lines: Vec<ResultLine> = a

@@ -92,7 +92,23 @@ pub struct Progress {
     pub fatal: Option<String>,
     /// Its deadline passed before every text had a result; its work has stopped.
     pub expired: bool,
+    /// Work is left and no inference endpoint is ready to take it.
+    pub waiting_for_capacity: bool,
     pub eta_seconds: Option<i64>,
+}
+
+/// The work the engine holds and what the pool can do with it: what the autoscaler
+/// decides on.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Load {
+    /// Texts admitted and not yet dispatched.
+    pub queued_texts: usize,
+    /// Texts of chunks awaiting an answer.
+    pub in_flight_texts: usize,
+    /// Ready endpoints (pods).
+    pub endpoints: usize,
+    /// Texts per second one endpoint serves, as measured (mean over endpoints).
+    pub texts_per_second_per_endpoint: Option<f64>,
 }
 
 pub(crate) enum Command {
@@ -110,10 +126,15 @@ pub(crate) enum Command {
     Remove {
         id: JobId,
     },
-    /// An endpoint answered a chunk: its slot is free while the chunk's part is written.
+    Load {
+        reply: oneshot::Sender<Load>,
+    },
+    /// An endpoint answered a chunk of `chunk` texts (`asked` of them not from the
+    /// cache): its slot is free while the chunk's part is written.
     Answered {
         endpoint: String,
-        texts: usize,
+        chunk: usize,
+        asked: usize,
         elapsed: Duration,
     },
     /// A chunk's attempt ended; `endpoint` is set when it ended without an answer.
@@ -195,6 +216,11 @@ impl Engine {
     /// Stops a batch's work, in flight too, and frees its slot. Results already committed stay.
     pub async fn remove(&self, id: &str) {
         let _ = self.tx.send(Command::Remove { id: id.to_string() }).await;
+    }
+
+    /// The work held now, and the endpoints' measured speed.
+    pub async fn load(&self) -> Option<Load> {
+        self.ask(|reply| Command::Load { reply }).await
     }
 }
 
@@ -283,6 +309,7 @@ impl State {
                     done: j.fatal.is_none() && !j.expired && self.sched.is_drained(&id),
                     fatal: j.fatal.clone(),
                     expired: j.expired,
+                    waiting_for_capacity: self.pool.ready() == 0 && !self.sched.is_drained(&id),
                     eta_seconds: eta(j, now),
                 }));
             }
@@ -292,9 +319,17 @@ impl State {
                     job.stop.cancel();
                 }
             }
-            Command::Answered { endpoint, texts, elapsed } => {
+            Command::Load { reply } => {
+                let _ = reply.send(Load {
+                    queued_texts: self.sched.queue_sizes().iter().map(|(_, texts)| texts).sum(),
+                    in_flight_texts: self.pool.in_flight_texts(),
+                    endpoints: self.pool.ready(),
+                    texts_per_second_per_endpoint: self.pool.texts_per_second(),
+                });
+            }
+            Command::Answered { endpoint, chunk, asked, elapsed } => {
                 self.shared.metrics.dispatch_seconds.observe(elapsed.as_secs_f64());
-                self.pool.release(&endpoint, Some((texts, elapsed)));
+                self.pool.release(&endpoint, chunk, Some((asked, elapsed)));
             }
             Command::Returned { chunk, endpoint, outcome } => self.returned(chunk, endpoint, outcome, now),
         }
@@ -302,7 +337,7 @@ impl State {
 
     fn returned(&mut self, chunk: Chunk, endpoint: Option<String>, outcome: Outcome, now: Instant) {
         if let Some(url) = &endpoint {
-            self.pool.release(url, None);
+            self.pool.release(url, chunk.len(), None);
         }
         // The attempt is over whatever happens next (a give-up holds the chunk again).
         self.sched.returned(&chunk.job);
@@ -418,7 +453,7 @@ impl State {
                 _ => url,
             };
             let job = self.jobs.get(&chunk.job).expect("the scheduler only holds work of started jobs. This is a bug.");
-            self.pool.take(&url);
+            self.pool.take(&url, chunk.len());
             self.shared.metrics.chunk_texts.observe(chunk.len() as f64);
             let attempt = Attempt {
                 url,

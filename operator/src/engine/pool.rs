@@ -20,6 +20,7 @@ const DEAD: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_se
 #[derive(Default)]
 struct Endpoint {
     in_flight: usize,
+    in_flight_texts: usize,
     /// Skipped until then after failing to answer.
     dead_until: Option<Instant>,
     failures: u32,
@@ -75,20 +76,23 @@ impl Pool {
         open.first().map(|u| u.to_string())
     }
 
-    /// A chunk went to `url`.
-    pub fn take(&mut self, url: &str) {
+    /// A chunk of `texts` went to `url`.
+    pub fn take(&mut self, url: &str, texts: usize) {
         if let Some(e) = self.endpoints.get_mut(url) {
             e.in_flight += 1;
+            e.in_flight_texts += texts;
         }
     }
 
-    /// A chunk's slot at `url` is free. `answered` is (texts, wall time) when the endpoint
-    /// answered, which clears its failures and feeds its measured speed.
-    pub fn release(&mut self, url: &str, answered: Option<(usize, Duration)>) {
+    /// The slot of a chunk of `texts` at `url` is free. `answered` is (texts asked, wall
+    /// time) when the endpoint answered, which clears its failures and feeds its measured
+    /// speed.
+    pub fn release(&mut self, url: &str, texts: usize, answered: Option<(usize, Duration)>) {
         let Some(e) = self.endpoints.get_mut(url) else { return };
         // Chunks that shared the endpoint with this one (itself included).
         let sharing = e.in_flight.max(1);
         e.in_flight = e.in_flight.saturating_sub(1);
+        e.in_flight_texts = e.in_flight_texts.saturating_sub(texts);
         if let Some((texts, elapsed)) = answered {
             e.failures = 0;
             e.dead_until = None;
@@ -120,6 +124,22 @@ impl Pool {
     /// Chunks in flight per endpoint.
     pub fn in_flight(&self) -> impl Iterator<Item = (&str, usize)> {
         self.endpoints.iter().map(|(u, e)| (u.as_str(), e.in_flight))
+    }
+
+    /// Texts of every chunk in flight.
+    pub fn in_flight_texts(&self) -> usize {
+        self.endpoints.values().map(|e| e.in_flight_texts).sum()
+    }
+
+    /// Endpoints in the Service now.
+    pub fn ready(&self) -> usize {
+        self.endpoints.values().filter(|e| !e.gone).count()
+    }
+
+    /// Texts per second one endpoint serves, the mean of those measured.
+    pub fn texts_per_second(&self) -> Option<f64> {
+        let rates: Vec<f64> = self.endpoints.values().filter_map(|e| e.secs_per_text).map(|s| 1.0 / s.max(1e-9)).collect();
+        (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
     }
 }
 
@@ -157,11 +177,11 @@ mod tests {
         p.set(&urls(&["a", "b"]));
         let mut picked = Vec::new();
         while let Some((u, _)) = p.pick(t0, 100) {
-            p.take(&u);
+            p.take(&u, 10);
             picked.push(u);
         }
         assert_eq!(picked, ["a", "b", "a", "b"]);
-        p.release("b", Some((10, Duration::from_millis(100))));
+        p.release("b", 10, Some((10, Duration::from_millis(100))));
         assert_eq!(p.pick(t0, 1000).map(|(u, _)| u).as_deref(), Some("b"));
     }
 
@@ -170,11 +190,13 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pool::new(2);
         p.set(&urls(&["a"]));
-        p.take("a");
-        p.take("a");
+        p.take("a", 100);
+        p.take("a", 100);
+        assert_eq!(p.in_flight_texts(), 200);
         // Two chunks shared the endpoint: 100 texts in 1 s is 200 texts/s of its time.
-        p.release("a", Some((100, Duration::from_secs(1))));
+        p.release("a", 100, Some((100, Duration::from_secs(1))));
         assert_eq!(p.pick(t0, 10_000), Some(("a".into(), 200)));
+        assert_eq!((p.in_flight_texts(), p.texts_per_second().map(|r| r.round())), (100, Some(200.0)));
     }
 
     #[test]
@@ -190,8 +212,8 @@ mod tests {
         assert_eq!(p.next_open_after(t0), Some(t0 + Duration::from_millis(400)), "longer after each failure");
         let later = t0 + Duration::from_millis(400);
         assert_eq!(p.other_than("b", later).as_deref(), Some("a"));
-        p.take("a");
-        p.release("a", Some((1, Duration::from_millis(5))));
+        p.take("a", 1);
+        p.release("a", 1, Some((1, Duration::from_millis(5))));
         p.unreachable("a", later);
         assert_eq!(p.next_open_after(later), Some(later + Duration::from_millis(200)), "an answer resets the backoff");
     }
@@ -201,15 +223,17 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pool::new(4);
         p.set(&urls(&["a", "b"]));
-        p.take("a");
-        p.take("a");
+        p.take("a", 5);
+        p.take("a", 5);
         p.set(&urls(&["b"]));
+        assert_eq!(p.ready(), 1);
         assert_eq!(p.other_than("b", t0), None);
-        p.release("a", Some((10, Duration::from_millis(10))));
+        p.release("a", 5, Some((10, Duration::from_millis(10))));
         assert_eq!(p.other_than("b", t0), None, "a late answer does not bring it back");
         assert_eq!(p.in_flight().count(), 2);
-        p.release("a", None);
+        p.release("a", 5, None);
         assert_eq!(p.in_flight().map(|(u, _)| u).collect::<Vec<_>>(), ["b"], "forgotten once idle");
+        assert_eq!(p.in_flight_texts(), 0);
         p.set(&urls(&["a", "b"]));
         assert_eq!(p.other_than("b", t0).as_deref(), Some("a"), "and welcome when it is back");
     }
