@@ -368,6 +368,7 @@ impl Kube {
             labels: BTreeMap::from([(RUN_LABEL.to_string(), self.run.clone())]),
             submitted_by: "bench",
             output: None,
+            ttl_seconds_after_finished: None,
         };
         match jobs::create(&self.client, &origin, NewJob::texts(texts, priority)).await {
             Ok(batch) => Ok(batch.name_any()),

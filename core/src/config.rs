@@ -41,6 +41,10 @@ pub struct AsyncBatch {
     pub result_cache_max_size: u64,
     pub workers: usize,
     pub max_retries: u32,
+    /// Seconds after a batch ends until the operator deletes it (and what it owns), for
+    /// batches without `spec.ttlSecondsAfterFinished`. Unset: kept until deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_ttl_seconds: Option<u64>,
 }
 
 impl Default for AsyncBatch {
@@ -59,6 +63,7 @@ impl Default for AsyncBatch {
             result_cache_max_size: 1000,
             workers: 2,
             max_retries: 3,
+            finished_ttl_seconds: None,
         }
     }
 }

@@ -32,11 +32,14 @@ pub const MAX_TEXTS: usize = 1_000_000;
     status = "SentimentBatchStatus",
     printcolumn = r#"{"name":"Priority","type":"string","jsonPath":".spec.priority"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason"}"#,
+    printcolumn = r#"{"name":"Suspend","type":"boolean","jsonPath":".spec.suspend"}"#,
     printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress"}"#,
     printcolumn = r#"{"name":"Texts","type":"integer","jsonPath":".status.totalTexts"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failedTexts"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new(IMMUTABLE_ONCE_STARTED).message("spec is immutable once the batch has started, except spec.cancel")
+    validation = Rule::new(IMMUTABLE_ONCE_STARTED)
+        .message("spec is immutable once the batch has started, except cancel, suspend and ttlSecondsAfterFinished")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.texts) != has(self.source)").message("set exactly one of spec.texts and spec.source"))]
@@ -72,10 +75,20 @@ pub struct SentimentBatchSpec {
     /// Set to stop the batch; results computed so far stay.
     #[serde(default)]
     pub cancel: bool,
+    /// Set to hold the batch: a Pending batch is not admitted, a Running one stops
+    /// dispatching (chunks in flight finish and are kept). Unset it to resume from the
+    /// results committed; the timeout starts again.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Seconds after the batch ends until it is deleted, with what it owns. Unset: the
+    /// operator's `finished_ttl_seconds`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
 }
 
 /// The rule on the whole object: once a batch has a phase other than Pending, every spec
-/// field but `cancel` keeps its value.
+/// field but `cancel`, `suspend` and `ttlSecondsAfterFinished` keeps its value.
 const IMMUTABLE_ONCE_STARTED: &str = "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase == 'Pending' || \
      (has(self.spec.texts) == has(oldSelf.spec.texts) && (!has(self.spec.texts) || self.spec.texts == oldSelf.spec.texts) && \
      has(self.spec.source) == has(oldSelf.spec.source) && (!has(self.spec.source) || self.spec.source == oldSelf.spec.source) && \
@@ -167,6 +180,8 @@ pub enum Phase {
     #[default]
     Pending,
     Running,
+    /// Held by `spec.suspend`: nothing runs; unsetting it resumes the batch.
+    Suspended,
     Succeeded,
     Failed,
     Cancelled,
@@ -175,7 +190,7 @@ pub enum Phase {
 
 impl Phase {
     pub fn is_final(self) -> bool {
-        !matches!(self, Phase::Pending | Phase::Running)
+        !matches!(self, Phase::Pending | Phase::Running | Phase::Suspended)
     }
 }
 
@@ -186,8 +201,17 @@ impl Phase {
 pub struct SentimentBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
+    /// Why the batch is in its phase, in one word: `Succeeded`, `AllItemsFailed`,
+    /// `ModelMismatch`, `SourceUnreadable`, `SourceInvalid`, `SourceChanged`,
+    /// `ResultsUnwritable`, `DeadlineExceeded`, `Cancelled`, `Suspended`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What the batch's texts were when it was admitted; a source that differs later
+    /// fails the batch with `SourceChanged` rather than mix results of different texts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceIdentity>,
     #[serde(default)]
     pub total_texts: i64,
     #[serde(default)]
@@ -213,7 +237,21 @@ pub struct SentimentBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures: Option<Failures>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A batch's source as admitted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceIdentity {
+    /// The ConfigMap's resourceVersion or the S3 object's ETag; empty for inline texts.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// The source's size in bytes (inline: the texts' bytes).
+    pub bytes: i64,
+    /// SHA-256 of the texts (and ids), in order: what is compared.
+    pub sha256: String,
 }
 
 /// The brief's job summary.

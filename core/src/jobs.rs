@@ -36,13 +36,14 @@ impl NewJob {
 }
 
 /// Who creates a job and where: its namespace, labels (a tenant's, a bench run's), the
-/// client kind (`rest`, `bench`) and `spec.output`.
+/// client kind (`rest`, `bench`), `spec.output` and `spec.ttlSecondsAfterFinished`.
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     pub submitted_by: &'static str,
     pub output: Option<String>,
+    pub ttl_seconds_after_finished: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,8 @@ pub async fn create(client: &Client, origin: &Origin, job: NewJob) -> Result<Sen
         model: job.model,
         output: origin.output.clone(),
         cancel: false,
+        suspend: false,
+        ttl_seconds_after_finished: origin.ttl_seconds_after_finished,
     };
     let input = if job.ids.is_none() && bytes <= MAX_INLINE_BYTES && job.texts.len() <= MAX_INLINE_TEXTS {
         spec.texts = Some(job.texts);

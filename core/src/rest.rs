@@ -67,7 +67,8 @@ pub enum JobState {
 impl JobState {
     pub fn of(phase: Phase) -> Self {
         match phase {
-            Phase::Pending => JobState::Pending,
+            // A held batch has not run and will not until resumed: pending, to a REST client.
+            Phase::Pending | Phase::Suspended => JobState::Pending,
             Phase::Running => JobState::Processing,
             Phase::Succeeded => JobState::Completed,
             Phase::Failed => JobState::Failed,

@@ -16,6 +16,7 @@ pub const QUEUED: &str = "Queued";
 pub const RUNNING: &str = "Running";
 pub const COMPLETE: &str = "Complete";
 pub const FAILED: &str = "Failed";
+pub const SUSPENDED: &str = "Suspended";
 
 /// Failure samples kept in a batch's status.
 pub const SAMPLES: usize = 5;
@@ -120,6 +121,7 @@ fn old(batch: &SentimentBatch) -> SentimentBatchStatus {
 pub fn queue_full(batch: &SentimentBatch, message: &str) -> SentimentBatchStatus {
     SentimentBatchStatus {
         phase: Some(Phase::Pending),
+        reason: Some("QueueFull".into()),
         observed_generation: batch.metadata.generation,
         conditions: vec![condition(batch, QUEUED, true, "QueueFull", message)],
         ..old(batch)
@@ -130,6 +132,7 @@ pub fn queue_full(batch: &SentimentBatch, message: &str) -> SentimentBatchStatus
 pub fn running(batch: &SentimentBatch, counts: SentimentBatchStatus, location: String) -> SentimentBatchStatus {
     SentimentBatchStatus {
         phase: Some(Phase::Running),
+        reason: None,
         observed_generation: batch.metadata.generation,
         started_at: counts.started_at.clone().or(Some(Time(Timestamp::now()))),
         results_location: Some(location),
@@ -154,23 +157,45 @@ pub fn waiting_for_capacity(batch: &SentimentBatch, counts: SentimentBatchStatus
     status
 }
 
-/// A final phase, with `counts` already applied: `Complete=True` with `reason`, and
-/// `Failed=True` too when the batch failed.
+/// Held by `spec.suspend`, with `counts` applied: `Suspended=True`.
+pub fn suspended(batch: &SentimentBatch, counts: SentimentBatchStatus) -> SentimentBatchStatus {
+    let why = "spec.suspend is set; unset it to resume";
+    SentimentBatchStatus {
+        phase: Some(Phase::Suspended),
+        reason: Some("Suspended".into()),
+        observed_generation: batch.metadata.generation,
+        estimated_completion_seconds: None,
+        conditions: vec![
+            condition(batch, QUEUED, false, "Suspended", why),
+            condition(batch, RUNNING, false, "Suspended", why),
+            condition(batch, SUSPENDED, true, "Suspended", why),
+        ],
+        ..counts
+    }
+}
+
+/// A final phase, with `counts` already applied; `reason` says why in one word. As a
+/// Job's: Succeeded sets `Complete=True`, any other end `Failed=True` with reason
+/// `Failed`, `DeadlineExceeded` (Expired) or `Cancelled`, so `kubectl wait
+/// --for=condition=Complete` returns only for a success.
 pub fn ended(batch: &SentimentBatch, counts: SentimentBatchStatus, phase: Phase, reason: &str, message: &str) -> SentimentBatchStatus {
+    let end = match phase {
+        Phase::Succeeded => condition(batch, COMPLETE, true, reason, message),
+        Phase::Expired => condition(batch, FAILED, true, "DeadlineExceeded", message),
+        Phase::Cancelled => condition(batch, FAILED, true, "Cancelled", message),
+        _ => condition(batch, FAILED, true, "Failed", message),
+    };
     SentimentBatchStatus {
         phase: Some(phase),
+        reason: Some(reason.into()),
         observed_generation: batch.metadata.generation,
         completed_at: Some(Time(Timestamp::now())),
         estimated_completion_seconds: Some(0),
-        conditions: [
-            Some(condition(batch, QUEUED, false, "Admitted", "admitted by the scheduler")),
-            Some(condition(batch, RUNNING, false, "Finished", "no work left")),
-            Some(condition(batch, COMPLETE, true, reason, message)),
-            (phase == Phase::Failed).then(|| condition(batch, FAILED, true, reason, message)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        conditions: vec![
+            condition(batch, QUEUED, false, "Admitted", "admitted by the scheduler"),
+            condition(batch, RUNNING, false, "Finished", "no work left"),
+            end,
+        ],
         ..counts
     }
 }
@@ -179,6 +204,7 @@ pub fn ended(batch: &SentimentBatch, counts: SentimentBatchStatus, phase: Phase,
 pub fn retry_requested(batch: &SentimentBatch, message: &str) -> SentimentBatchStatus {
     SentimentBatchStatus {
         phase: Some(Phase::Pending),
+        reason: None,
         started_at: Some(Time(Timestamp::now())),
         completed_at: None,
         conditions: vec![condition(batch, QUEUED, true, "RetryRequested", message)],
@@ -192,7 +218,14 @@ pub fn ended_because(batch: &SentimentBatch) -> Option<String> {
         return None;
     }
     let s = batch.status.as_ref()?;
-    s.conditions.iter().find(|c| c.type_ == COMPLETE).map(|c| format!("{}: {}", c.reason, c.message))
+    let failed = s.conditions.iter().find(|c| c.type_ == FAILED && c.status == "True")?;
+    Some(format!("{}: {}", s.reason.as_deref().unwrap_or(&failed.reason), failed.message))
+}
+
+/// Seconds after its end that `batch` is deleted: its own `ttlSecondsAfterFinished`, else
+/// `default`.
+pub fn ttl_after_finished(batch: &SentimentBatch, default: Option<u64>) -> Option<std::time::Duration> {
+    batch.spec.ttl_seconds_after_finished.map(|t| t.max(0) as u64).or(default).map(std::time::Duration::from_secs)
 }
 
 /// The batch's texts: from the status once the operator has read the source; before that,
@@ -201,6 +234,18 @@ pub fn total_texts(batch: &SentimentBatch) -> i64 {
     match batch.status.as_ref().map_or(0, |s| s.total_texts) {
         0 => batch.spec.texts.as_ref().map_or(0, |t| t.len() as i64),
         n => n,
+    }
+}
+
+/// What a watch cache keeps of a batch: everything but its inline texts (up to 256 KiB
+/// each), whose number moves into the cached copy's `status.totalTexts` if the operator
+/// has not set it yet. Readers of the real texts get the object from the API server.
+pub fn strip_texts(batch: &mut SentimentBatch) {
+    if let Some(texts) = batch.spec.texts.take() {
+        let status = batch.status.get_or_insert_with(Default::default);
+        if status.total_texts == 0 {
+            status.total_texts = texts.len() as i64;
+        }
     }
 }
 
@@ -263,6 +308,14 @@ mod tests {
     }
 
     #[test]
+    fn cached_copies_keep_the_count_of_their_texts() {
+        let mut cached = batch(None);
+        strip_texts(&mut cached);
+        assert!(cached.spec.texts.is_none());
+        assert_eq!((total_texts(&cached), remaining_texts(&cached)), (2, 2));
+    }
+
+    #[test]
     fn transitions_keep_transition_times_and_say_why() {
         let pending = batch(None);
         assert_eq!((total_texts(&pending), remaining_texts(&pending)), (2, 2));
@@ -278,10 +331,27 @@ mod tests {
         assert_eq!(again.conditions, run.status.as_ref().unwrap().conditions);
         assert_eq!(ended_because(&run), None);
         let failed = batch(Some(ended(&run, run.status.clone().unwrap(), Phase::Failed, "AllItemsFailed", "all 2 failed")));
-        assert!(has_condition(&failed, FAILED, true, "AllItemsFailed"));
+        assert!(
+            has_condition(&failed, FAILED, true, "Failed")
+                && !failed.status.as_ref().unwrap().conditions.iter().any(|c| c.type_ == COMPLETE)
+        );
         assert_eq!(ended_because(&failed).as_deref(), Some("AllItemsFailed: all 2 failed"));
+        // As a Job's: DeadlineExceeded and Cancelled are Failed conditions, Complete is success only.
+        let expired = batch(Some(ended(&run, run.status.clone().unwrap(), Phase::Expired, "DeadlineExceeded", "not within 5 s")));
+        assert!(has_condition(&expired, FAILED, true, "DeadlineExceeded"));
+        assert_eq!(ended_because(&expired).as_deref(), Some("DeadlineExceeded: not within 5 s"));
+        let cancelled = batch(Some(ended(&run, run.status.clone().unwrap(), Phase::Cancelled, "Cancelled", "spec.cancel")));
+        assert!(has_condition(&cancelled, FAILED, true, "Cancelled") && ended_because(&cancelled).is_none());
         let done = batch(Some(ended(&run, run.status.clone().unwrap(), Phase::Succeeded, "Succeeded", "ok")));
-        assert!(!has_condition(&done, FAILED, true, "Succeeded") && ended_because(&done).is_none());
-        assert_eq!(retry_requested(&done, "retry").phase, Some(Phase::Pending));
+        assert!(
+            has_condition(&done, COMPLETE, true, "Succeeded")
+                && !done.status.as_ref().unwrap().conditions.iter().any(|c| c.type_ == FAILED)
+        );
+        assert_eq!(done.status.as_ref().unwrap().reason.as_deref(), Some("Succeeded"));
+        assert!(ended_because(&done).is_none());
+        let retried = retry_requested(&done, "retry");
+        assert_eq!((retried.phase, retried.reason), (Some(Phase::Pending), None));
+        let held = batch(Some(suspended(&run, run.status.clone().unwrap())));
+        assert!(held.phase() == Phase::Suspended && has_condition(&held, SUSPENDED, true, "Suspended") && !held.phase().is_final());
     }
 }

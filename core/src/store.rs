@@ -58,14 +58,26 @@ impl Part {
     }
 }
 
+/// Failed items per shard of the dead-letter list, and parts per shard of the manifest:
+/// each shard stays well under a ConfigMap's 1 MiB, so a batch of any size ends.
+const FAILURES_PER_SHARD: usize = MAX_CONFIGMAP_PART_TEXTS;
+const PARTS_PER_MANIFEST_SHARD: usize = 4000;
+
 /// The index of a final batch's results.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     pub total_texts: usize,
+    /// The parts, in order; past a few thousand, the rest are in `moreParts`.
     pub parts: Vec<ManifestPart>,
-    /// The dead-letter list: every failed item, JSONL.
+    /// Further shards of the manifest, in order, each a JSON array like `parts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_parts: Vec<String>,
+    /// The dead-letter list (every failed item, JSONL): its first shard.
     pub failures: String,
+    /// Every shard of the dead-letter list, in index order, `failures` first.
+    #[serde(default)]
+    pub failure_shards: Vec<String>,
     pub failed_texts: usize,
 }
 
@@ -155,12 +167,26 @@ impl Store {
 
     /// Where the results are, for `status.resultsLocation`: the manifest.
     pub fn manifest_location(&self) -> String {
-        self.location(&Entry::manifest())
+        self.location(&Entry::manifest(0))
     }
 
-    /// Where the failures list (the dead-letter list) is.
+    /// Where the failures list (the dead-letter list) starts.
     pub fn failures_location(&self) -> String {
-        self.location(&Entry::failures())
+        self.location(&Entry::failures(0))
+    }
+
+    /// The body of `entry`, if it exists.
+    async fn get(&self, entry: &Entry) -> Result<Option<String>, StoreError> {
+        Ok(match self {
+            Store::ConfigMaps { api, base, .. } => {
+                api.get_opt(&entry.configmap(base)).await?.and_then(|cm| cm.data).and_then(|mut d| d.remove(entry.key))
+            }
+            Store::Objects { store, prefix, .. } => match store.get(&entry.object(prefix)).await {
+                Ok(got) => Some(String::from_utf8_lossy(&got.bytes().await?).into_owned()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+        })
     }
 
     async fn put(&self, entry: &Entry, body: String) -> Result<(), StoreError> {
@@ -256,40 +282,57 @@ impl Store {
         Ok(lines)
     }
 
-    /// The failures list of a final batch; empty before it is written.
+    /// The failures list of a final batch, every shard the manifest names; empty before
+    /// the manifest is written.
     pub async fn read_failures(&self) -> Result<Vec<ResultLine>, StoreError> {
-        let entry = Entry::failures();
-        let body = match self {
-            Store::ConfigMaps { api, base, .. } => {
-                api.get_opt(&entry.configmap(base)).await?.and_then(|cm| cm.data).and_then(|mut d| d.remove(DATA_KEY)).unwrap_or_default()
+        let Some(head) = self.get(&Entry::manifest(0)).await? else { return Ok(Vec::new()) };
+        let corrupt = |location: String, why: String| StoreError::Corrupt { location, why };
+        let manifest: Manifest = serde_json::from_str(&head).map_err(|e| corrupt(self.manifest_location(), e.to_string()))?;
+        let mut lines = Vec::with_capacity(manifest.failed_texts);
+        for shard in 0..manifest.failure_shards.len().max(1) {
+            let entry = Entry::failures(shard);
+            let body = self.get(&entry).await?.unwrap_or_default();
+            for l in body.lines().filter(|l| !l.is_empty()) {
+                lines.push(serde_json::from_str(l).map_err(|e| corrupt(self.location(&entry), e.to_string()))?);
             }
-            Store::Objects { store, prefix, .. } => match store.get(&entry.object(prefix)).await {
-                Ok(got) => String::from_utf8_lossy(&got.bytes().await?).into_owned(),
-                Err(object_store::Error::NotFound { .. }) => String::new(),
-                Err(e) => return Err(e.into()),
-            },
-        };
-        let location = self.failures_location();
-        body.lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_str(l).map_err(|e| StoreError::Corrupt { location: location.clone(), why: e.to_string() }))
-            .collect()
+        }
+        Ok(lines)
     }
 
-    /// Writes the failures list and then the manifest; returns the manifest's location.
+    /// Writes the failures list and the manifest, each in shards that fit this store,
+    /// the manifest's first shard last; returns the manifest's location.
     pub async fn finish(&self, total: usize, parts: &[Part], failures: &[ResultLine]) -> Result<String, StoreError> {
-        self.put(&Entry::failures(), to_jsonl(failures)).await?;
+        let (per_failures, per_manifest) = match self {
+            Store::ConfigMaps { .. } => (FAILURES_PER_SHARD, PARTS_PER_MANIFEST_SHARD),
+            Store::Objects { .. } => (usize::MAX, usize::MAX),
+        };
+        let shards: Vec<&[ResultLine]> = if failures.is_empty() { vec![&[]] } else { failures.chunks(per_failures).collect() };
+        let mut failure_shards = Vec::with_capacity(shards.len());
+        for (i, shard) in shards.iter().enumerate() {
+            let entry = Entry::failures(i);
+            self.put(&entry, to_jsonl(shard)).await?;
+            failure_shards.push(self.location(&entry));
+        }
+        let entries: Vec<ManifestPart> =
+            parts.iter().map(|p| ManifestPart { location: self.location(&Entry::part(p.start)), start: p.start, end: p.end() }).collect();
+        let mut chunks = entries.chunks(per_manifest);
+        let first = chunks.next().unwrap_or_default().to_vec();
+        let mut more_parts = Vec::new();
+        for (i, chunk) in chunks.enumerate() {
+            let entry = Entry::manifest(i + 1);
+            self.put(&entry, serde_json::to_string(chunk).expect("parts serialize. This is a bug.")).await?;
+            more_parts.push(self.location(&entry));
+        }
         let manifest = Manifest {
             total_texts: total,
-            parts: parts
-                .iter()
-                .map(|p| ManifestPart { location: self.location(&Entry::part(p.start)), start: p.start, end: p.end() })
-                .collect(),
+            parts: first,
+            more_parts,
             failures: self.failures_location(),
+            failure_shards,
             failed_texts: failures.len(),
         };
         let body = serde_json::to_string_pretty(&manifest).expect("a manifest serializes. This is a bug.");
-        self.put(&Entry::manifest(), body).await?;
+        self.put(&Entry::manifest(0), body).await?;
         Ok(self.manifest_location())
     }
 
@@ -338,12 +381,20 @@ impl Entry {
         Entry { stem: format!("part-{start:07}"), file: format!("part-{start:07}.jsonl"), key: DATA_KEY, kind: "part" }
     }
 
-    fn failures() -> Self {
-        Entry { stem: "failures".into(), file: "failures.jsonl".into(), key: DATA_KEY, kind: "failures" }
+    /// Shard `n` of the failures list: `failures`, `failures-1`, …
+    fn failures(n: usize) -> Self {
+        let stem = if n == 0 { "failures".to_string() } else { format!("failures-{n}") };
+        Entry { file: format!("{stem}.jsonl"), stem, key: DATA_KEY, kind: "failures" }
     }
 
-    fn manifest() -> Self {
-        Entry { stem: "results".into(), file: "manifest.json".into(), key: "manifest.json", kind: "manifest" }
+    /// Shard `n` of the manifest: `results` (`manifest.json`), `results-1`, …
+    fn manifest(n: usize) -> Self {
+        let (stem, file) = if n == 0 {
+            ("results".to_string(), "manifest.json".to_string())
+        } else {
+            (format!("results-{n}"), format!("manifest-{n}.json"))
+        };
+        Entry { stem, file, key: "manifest.json", kind: "manifest" }
     }
 
     fn configmap(&self, base: &str) -> String {

@@ -121,6 +121,7 @@ pub async fn submit(
         labels: tenant.label.iter().map(|l| (TENANT_LABEL.to_string(), l.clone())).collect(),
         submitted_by: "rest",
         output: f.output.clone(),
+        ttl_seconds_after_finished: f.job_ttl_seconds,
     };
     let job = jobs::create(&f.client, &origin, sub.0).await?;
     let mut status = rest::status_of(&job);

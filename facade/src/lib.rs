@@ -58,6 +58,8 @@ pub struct Facade {
     pub max_page_size: usize,
     /// `spec.output` of jobs submitted here; `None` keeps results in ConfigMaps.
     pub output: Option<String>,
+    /// `spec.ttlSecondsAfterFinished` of jobs submitted here; `None` keeps them.
+    pub job_ttl_seconds: Option<i32>,
     /// Settings of the object store behind `s3://` results.
     pub stores: ObjectStores,
     pub endpoints: watch::Receiver<Endpoints>,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use futures_util::TryStreamExt;
 use inference_api::client::HttpPredictor;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
@@ -50,6 +51,9 @@ struct Cli {
     /// `spec.output` of submitted jobs (`s3://…`, `file:///…`); unset: ConfigMaps.
     #[arg(long, env = "KUBESENTIMENT_OUTPUT")]
     output: Option<String>,
+    /// Seconds a finished job (and its results) is kept before the operator deletes it; 0 keeps jobs until deleted.
+    #[arg(long, env = "KUBESENTIMENT_JOB_TTL_SECONDS", default_value_t = 86_400)]
+    job_ttl_seconds: u32,
     /// 0 picks a free port; the address is logged.
     #[arg(long, env = "KUBESENTIMENT_PORT", default_value_t = 8000)]
     port: u16,
@@ -75,7 +79,9 @@ async fn main() -> anyhow::Result<()> {
     };
     api.list(&kube::api::ListParams::default().limit(1)).await.context("listing SentimentBatches: is the CRD installed (crds/)?")?;
     let (store, writer) = reflector::store();
-    let cache = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    // The cache keeps jobs without their inline texts (a count stays).
+    let jobs = watcher(api, watcher::Config::default()).map_ok(|ev| ev.modify(kubesentiment_core::status::strip_texts));
+    let cache = reflector(writer, jobs).default_backoff();
     tasks.spawn(kubesentiment_core::watch::drive(cache, "SentimentBatches", stop.clone(), |_| {}));
     let endpoints = endpoints::watch(client.clone(), &cli.common.inference_service, &tasks, stop.clone());
 
@@ -90,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         cfg,
         max_page_size: cli.max_page_size.max(1),
         output: cli.output,
+        job_ttl_seconds: (cli.job_ttl_seconds > 0).then(|| cli.job_ttl_seconds.min(i32::MAX as u32) as i32),
         stores: ObjectStores::from_env(),
         endpoints: endpoints.urls.clone(),
         predictor: HttpPredictor::new(Duration::from_secs(30)),

@@ -10,14 +10,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use kubesentiment_core::backoff::Backoff;
 use kubesentiment_core::config::{AsyncBatch, ObjectStores};
@@ -40,6 +41,11 @@ const STATUS_PERIOD: Duration = Duration::from_secs(1);
 const QUEUED_RETRY: Duration = Duration::from_secs(2);
 /// Between failed reconciles of one batch.
 const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(64));
+/// Attempts, in a row, at a batch's final writes (its failures list and manifest) or at
+/// deleting its results before the operator gives up: the batch then fails with
+/// `ResultsUnwritable`, or the finalizer is released with an Event saying what is left.
+/// About 15 s with the backoff above.
+const FINAL_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -101,9 +107,16 @@ pub fn recorder(client: &Client, instance: String) -> Recorder {
 
 /// Runs the controller over `api` until `stop`. `notify` carries batches the engine wants
 /// looked at now (finished or failed) instead of at their next periodic reconcile.
+/// Its cache keeps batches without their inline texts, which `start` reads afresh.
 pub async fn run(ctx: Arc<Context>, api: Api<SentimentBatch>, notify: mpsc::Receiver<ObjectRef<SentimentBatch>>, stop: CancellationToken) {
     let triggers = futures_util::stream::unfold(notify, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let (reader, writer) = reflector::store();
+    let batches = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .map_ok(|ev| ev.modify(status::strip_texts))
+        .reflect(writer)
+        .touched_objects();
+    Controller::for_stream(batches, reader)
         .reconcile_on(triggers)
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -112,6 +125,7 @@ pub async fn run(ctx: Arc<Context>, api: Api<SentimentBatch>, notify: mpsc::Rece
 }
 
 async fn reconcile(batch: Arc<SentimentBatch>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let uid = batch.uid().unwrap_or_default();
     let action = finalizer(&api(&ctx, &batch), FINALIZER, batch, |event| async {
         match event {
             Finalizer::Apply(b) => apply(&b, &ctx).await,
@@ -120,7 +134,14 @@ async fn reconcile(batch: Arc<SentimentBatch>, ctx: Arc<Context>) -> Result<Acti
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    // Failures count while they come in a row.
+    ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
     Ok(action)
+}
+
+/// Failed reconciles of `uid` in a row so far.
+fn failures_in_a_row(ctx: &Context, uid: &str) -> u32 {
+    ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").get(uid).copied().unwrap_or(0)
 }
 
 /// Stops a batch's work in the engine and drops what this replica remembers of it.
@@ -140,14 +161,14 @@ fn error_policy(batch: Arc<SentimentBatch>, error: &Error, ctx: Arc<Context>) ->
 
 async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     let uid = batch.uid().unwrap_or_default();
-    ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
     let store = Store::for_batch(&ctx.client, batch, &ctx.stores);
     if batch.phase().is_final() {
         forget(ctx, &uid).await;
         if batch.annotations().contains_key(RETRY_FAILED) {
             retry_failed(batch, ctx, store.ok()).await?;
+            return Ok(Action::await_change());
         }
-        return Ok(Action::await_change());
+        return delete_after_ttl(batch, ctx).await;
     }
     let store = match store {
         Ok(s) => s,
@@ -156,15 +177,19 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     if batch.spec.cancel {
         return finalize(batch, ctx, &store, Phase::Cancelled, "Cancelled", "spec.cancel is set").await;
     }
-    // The clock starts at creation, or at the last start (a retry restarts it).
+    if batch.spec.suspend {
+        return suspend(batch, ctx).await;
+    }
+    // The clock starts at creation, or at the last start (a retry or a resume restarts it).
     let now = Timestamp::now();
     let created = batch.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
-    let since = batch.status.as_ref().and_then(|s| s.started_at.as_ref()).map_or(created, |t| t.0);
+    let resuming = batch.phase() == Phase::Suspended;
+    let since = if resuming { now } else { batch.status.as_ref().and_then(|s| s.started_at.as_ref()).map_or(created, |t| t.0) };
     let timeout = ctx.cfg.timeout(batch.spec.timeout_seconds);
+    let expired = format!("not finished within {} s", timeout.as_secs());
     let left = (since + jiff::SignedDuration::try_from(timeout).expect("timeouts are capped. This is a bug.")).duration_since(now);
     if left.is_negative() || left.is_zero() {
-        let msg = format!("not finished within {} s", timeout.as_secs());
-        return finalize(batch, ctx, &store, Phase::Expired, "Timeout", &msg).await;
+        return finalize(batch, ctx, &store, Phase::Expired, "DeadlineExceeded", &expired).await;
     }
     let left = Duration::try_from(left).expect("checked positive above. This is a bug.");
     let every = STATUS_PERIOD.min(left + Duration::from_millis(10));
@@ -173,12 +198,11 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
         Some(p) => p,
         None => return start(batch, ctx, store, Instant::now() + left, left).await,
     };
-    if let Some(why) = progress.fatal {
-        return finalize(batch, ctx, &store, Phase::Failed, "ModelMismatch", &why).await;
+    if let Some((reason, why)) = progress.fatal {
+        return finalize(batch, ctx, &store, Phase::Failed, reason, &why).await;
     }
     if progress.expired {
-        let msg = format!("not finished within {} s", timeout.as_secs());
-        return finalize(batch, ctx, &store, Phase::Expired, "Timeout", &msg).await;
+        return finalize(batch, ctx, &store, Phase::Expired, "DeadlineExceeded", &expired).await;
     }
     if progress.done {
         return finalize(batch, ctx, &store, Phase::Succeeded, "Succeeded", "every text has a result").await;
@@ -205,6 +229,51 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(every))
 }
 
+/// Holds a batch: nothing new is dispatched; once its chunks in flight have come back
+/// (committed), it is Suspended.
+async fn suspend(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
+    let uid = batch.uid().unwrap_or_default();
+    let old = batch.status.clone().unwrap_or_default();
+    let counts = match ctx.engine.progress(&uid).await {
+        Some(p) => {
+            ctx.engine.suspend(&uid).await;
+            if p.in_flight > 0 {
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
+            forget(ctx, &uid).await;
+            status::counts(&old, p.total, &p.tally)
+        }
+        None => old,
+    };
+    if batch.phase() != Phase::Suspended {
+        publish(ctx, batch, EventType::Normal, "Suspended", "spec.suspend is set: nothing more is dispatched").await;
+    }
+    write_status(batch, ctx, status::suspended(batch, counts)).await?;
+    Ok(Action::await_change())
+}
+
+/// Deletes a finished batch once its `ttlSecondsAfterFinished` (or the configured
+/// default) has passed; what it owns goes with it.
+async fn delete_after_ttl(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
+    let Some(ttl) = status::ttl_after_finished(batch, ctx.cfg.finished_ttl_seconds) else {
+        return Ok(Action::await_change());
+    };
+    let now = Timestamp::now();
+    let ended = batch.status.as_ref().and_then(|s| s.completed_at.as_ref()).map_or(now, |t| t.0);
+    let left = (ended + jiff::SignedDuration::try_from(ttl).expect("a TTL fits. This is a bug.")).duration_since(now);
+    if let Ok(left) = Duration::try_from(left).map(|d| d.max(Duration::ZERO))
+        && !left.is_zero()
+    {
+        return Ok(Action::requeue(left));
+    }
+    match api(ctx, batch).delete(&batch.name_any(), &DeleteParams::background()).await {
+        Ok(_) => tracing::info!(batch = %batch.name_any(), ttl = ttl.as_secs(), "deleted after its TTL"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
+}
+
 /// Admits, reads the source and the committed parts, and hands the batch to the engine.
 async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: Instant, left: Duration) -> Result<Action, Error> {
     let uid = batch.uid().unwrap_or_default();
@@ -223,10 +292,30 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         write_status(batch, ctx, status::queue_full(batch, &msg)).await?;
         return Ok(Action::requeue(QUEUED_RETRY.min(left)));
     }
-    let items = match source::read(&ctx.client, &namespace, &batch.spec, &ctx.stores).await {
-        Ok(items) => items,
+    // The batch as the API server has it: the controller's cache holds no inline texts,
+    // and may not yet hold the end this operator wrote a moment ago.
+    let spec = match api(ctx, batch).get_opt(&batch.name_any()).await?.filter(|b| b.uid() == batch.uid()) {
+        Some(fresh) if !fresh.phase().is_final() => fresh.spec,
+        _ => {
+            forget(ctx, &uid).await;
+            return Ok(Action::await_change());
+        }
+    };
+    let (items, identity) = match source::read(&ctx.client, &namespace, &spec, &ctx.stores).await {
+        Ok(read) => read,
         Err(e) => return finalize(batch, ctx, &store, Phase::Failed, e.reason(), &e.to_string()).await,
     };
+    // Results already committed belong to the texts admitted: never mix in others.
+    if let Some(pinned) = old.source.as_ref().filter(|p| p.sha256 != identity.sha256) {
+        let msg = format!(
+            "the source changed after the batch was admitted (sha256 {} → {}, {} → {} bytes); its committed results are of other texts",
+            &pinned.sha256[..12.min(pinned.sha256.len())],
+            &identity.sha256[..12],
+            pinned.bytes,
+            identity.bytes
+        );
+        return finalize(batch, ctx, &store, Phase::Failed, "SourceChanged", &msg).await;
+    }
     let parts = store.read_parts().await?;
     let committed = Tally::of(parts.iter().flat_map(|p| &p.lines));
     let total = items.len();
@@ -236,7 +325,13 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         .map_or(ctx.cfg.max_batch_size, |n| (n.max(1) as usize).min(ctx.cfg.max_batch_size))
         .min(store.max_part_texts());
     tracing::info!(batch = %batch.name_any(), total, committed = committed.done(), "starting");
-    let counts = status::counts(&old, total, &committed);
+    let resumed = batch.phase() == Phase::Suspended;
+    let counts = SentimentBatchStatus {
+        source: Some(identity),
+        // A resumed batch's clock starts again.
+        started_at: if resumed { Some(Time(Timestamp::now())) } else { old.started_at.clone() },
+        ..status::counts(&old, total, &committed)
+    };
     let location = store.manifest_location();
     ctx.engine
         .start_job(JobStart {
@@ -251,8 +346,19 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
             deadline,
         })
         .await;
-    if batch.phase() == Phase::Pending {
-        publish(ctx, batch, EventType::Normal, "Started", &format!("admitted; {total} texts")).await;
+    match batch.phase() {
+        Phase::Pending => publish(ctx, batch, EventType::Normal, "Started", &format!("admitted; {total} texts")).await,
+        Phase::Suspended => {
+            publish(
+                ctx,
+                batch,
+                EventType::Normal,
+                "Resumed",
+                &format!("spec.suspend is unset; {} texts left", total - counts.processed_texts as usize),
+            )
+            .await
+        }
+        _ => {}
     }
     write_status(batch, ctx, status::running(batch, counts, location)).await?;
     Ok(Action::requeue(STATUS_PERIOD.min(left)))
@@ -264,21 +370,46 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
 /// It reads the batch afresh first: the controller's cache may not hold yet the status
 /// this operator wrote moments before (the total, the start time), and another reconcile
 /// may have ended the batch meanwhile.
+///
+/// Its work stops at once; the engine forgets the batch only once the end is written, so
+/// a failed write is retried with the same outcome (and bounded by `FINAL_ATTEMPTS`).
 async fn finalize(cached: &SentimentBatch, ctx: &Context, store: &Store, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
-    forget(ctx, &cached.uid().unwrap_or_default()).await;
+    let uid = cached.uid().unwrap_or_default();
+    ctx.engine.halt(&uid).await;
     let Some(batch) = api(ctx, cached).get_opt(&cached.name_any()).await?.filter(|b| b.uid() == cached.uid()) else {
+        forget(ctx, &uid).await;
         return Ok(Action::await_change());
     };
     if batch.phase().is_final() {
+        forget(ctx, &uid).await;
         return Ok(Action::await_change());
     }
-    let batch = &batch;
+    match write_results(&batch, ctx, store, phase).await {
+        Ok((status, tally)) => {
+            let (phase, reason, msg) = if phase == Phase::Succeeded && tally.ok == 0 && tally.failed > 0 {
+                (Phase::Failed, "AllItemsFailed", format!("all {} texts failed; see {}", tally.failed, store.failures_location()))
+            } else {
+                (phase, reason, msg.to_string())
+            };
+            end(&batch, ctx, status, phase, reason, &msg).await
+        }
+        Err(e) if failures_in_a_row(ctx, &uid) + 1 >= FINAL_ATTEMPTS => {
+            let msg = format!("results could not be written ({FINAL_ATTEMPTS} attempts): {e}");
+            let status = batch.status.clone().unwrap_or_default();
+            end(&batch, ctx, status, Phase::Failed, "ResultsUnwritable", &msg).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a final batch's failures list and manifest from what the store holds (an
+/// Expired batch's unfinished texts fail with `timeout`); returns its counts.
+async fn write_results(batch: &SentimentBatch, ctx: &Context, store: &Store, phase: Phase) -> Result<(SentimentBatchStatus, Tally), Error> {
     let old = batch.status.clone().unwrap_or_default();
     let total = old.total_texts.max(0) as usize;
     let parts = store.read_parts().await?;
     let mut failures: Vec<ResultLine> = parts.iter().flat_map(|p| &p.lines).filter(|l| l.error.is_some()).cloned().collect();
     if phase == Phase::Expired {
-        // Unfinished items fail with the reason `timeout`; committed results stay.
         let before = failures.len();
         for range in store::remaining(total, &parts) {
             failures.extend(range.map(|index| ResultLine { index, id: None, prediction: None, error: Some("timeout".into()) }));
@@ -288,22 +419,17 @@ async fn finalize(cached: &SentimentBatch, ctx: &Context, store: &Store, phase: 
     }
     let location = store.finish(total, &parts, &failures).await?;
     let tally = Tally::of(parts.iter().flat_map(|p| &p.lines).filter(|l| l.error.is_none()).chain(&failures));
-    let (phase, reason, msg) = if phase == Phase::Succeeded && tally.ok == 0 && tally.failed > 0 {
-        (Phase::Failed, "AllItemsFailed", format!("all {} texts failed; see {}", tally.failed, store.failures_location()))
-    } else {
-        (phase, reason, msg.to_string())
-    };
     let mut status = status::counts(&old, total, &tally);
     if let Some(f) = status.failures.as_mut() {
         f.location = Some(store.failures_location());
     }
     status.results_location = Some(location);
-    end(batch, ctx, status, phase, reason, &msg).await
+    Ok((status, tally))
 }
 
 /// Ends a batch whose results store cannot even be named.
 async fn finalize_without_store(batch: &SentimentBatch, ctx: &Context, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
-    forget(ctx, &batch.uid().unwrap_or_default()).await;
+    ctx.engine.halt(&batch.uid().unwrap_or_default()).await;
     let status = batch.status.clone().unwrap_or_default();
     end(batch, ctx, status, phase, reason, msg).await
 }
@@ -331,6 +457,7 @@ async fn end(
     let kind = if phase == Phase::Succeeded { EventType::Normal } else { EventType::Warning };
     publish(ctx, batch, kind, &format!("{phase:?}"), &format!("{reason}: {msg}")).await;
     write_status(batch, ctx, status).await?;
+    forget(ctx, &batch.uid().unwrap_or_default()).await;
     Ok(Action::await_change())
 }
 
@@ -362,10 +489,20 @@ async fn retry_failed(batch: &SentimentBatch, ctx: &Context, store: Option<Store
     Ok(())
 }
 
+/// The batch is being deleted: stop its work and delete its results outside the cluster
+/// (ConfigMaps go with it through their owner reference). A store that keeps failing is
+/// reported in an Event and left, so the deletion (and a namespace's) never hangs.
 async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
-    forget(ctx, &batch.uid().unwrap_or_default()).await;
-    if let Ok(store) = Store::for_batch(&ctx.client, batch, &ctx.stores) {
-        store.delete_unowned().await?;
+    let uid = batch.uid().unwrap_or_default();
+    forget(ctx, &uid).await;
+    if let Ok(store) = Store::for_batch(&ctx.client, batch, &ctx.stores)
+        && let Err(e) = store.delete_unowned().await
+    {
+        if failures_in_a_row(ctx, &uid) + 1 < FINAL_ATTEMPTS {
+            return Err(e.into());
+        }
+        let note = format!("results at {} could not be deleted ({FINAL_ATTEMPTS} attempts) and are left: {e}", store.manifest_location());
+        publish(ctx, batch, EventType::Warning, "CleanupFailed", &note).await;
     }
     Ok(Action::await_change())
 }

@@ -148,6 +148,18 @@ impl Scheduler {
         }
     }
 
+    /// Drops a job's work not yet dispatched; what is in flight stays counted.
+    pub fn drop_pending(&mut self, job: &str) {
+        if let Some(e) = self.jobs.get_mut(job) {
+            e.pending.clear();
+        }
+    }
+
+    /// A job's chunks dispatched and not yet returned.
+    pub fn in_flight(&self, job: &str) -> usize {
+        self.jobs.get(job).map_or(0, |e| e.in_flight)
+    }
+
     /// Whether an admitted job has nothing pending and nothing in flight.
     pub fn is_drained(&self, job: &str) -> bool {
         self.jobs.get(job).is_some_and(|e| e.pending.is_empty() && e.in_flight == 0)

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 use kubesentiment_core::config::ObjectStores;
-use kubesentiment_core::crd::{MAX_ID_CHARS, MAX_TEXTS, S3Source, SentimentBatchSpec};
+use kubesentiment_core::crd::{MAX_ID_CHARS, MAX_TEXTS, S3Source, SentimentBatchSpec, SourceIdentity};
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 /// One text to classify, with the caller's optional id for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,11 +41,19 @@ impl SourceError {
     }
 }
 
-/// The batch's texts, read from wherever its spec points.
-/// An S3 source starts from `stores`' settings, then applies its own.
-pub async fn read(client: &Client, namespace: &str, spec: &SentimentBatchSpec, stores: &ObjectStores) -> Result<Vec<Item>, SourceError> {
+/// The batch's texts, read from wherever its spec points, with what identifies them (to
+/// pin the source at admission). An S3 source starts from `stores`' settings, then
+/// applies its own.
+pub async fn read(
+    client: &Client,
+    namespace: &str,
+    spec: &SentimentBatchSpec,
+    stores: &ObjectStores,
+) -> Result<(Vec<Item>, SourceIdentity), SourceError> {
     if let Some(texts) = &spec.texts {
-        return validate(texts.iter().map(|t| Item { id: None, text: t.clone() }).collect(), "spec.texts");
+        let items = validate(texts.iter().map(|t| Item { id: None, text: t.clone() }).collect(), "spec.texts")?;
+        let bytes = texts.iter().map(String::len).sum::<usize>();
+        return Ok(identify(items, String::new(), bytes));
     }
     let source = spec.source.as_ref().ok_or_else(|| SourceError::Invalid("set spec.texts or spec.source".into()))?;
     if let Some(r) = &source.config_map_key_ref {
@@ -59,21 +68,38 @@ pub async fn read(client: &Client, namespace: &str, spec: &SentimentBatchSpec, s
             (None, Some(b)) => b.0.clone(),
             (None, None) => return Err(SourceError::Unreadable(format!("{what}: no such key"))),
         };
-        return validate(parse(&body, &what)?, &what);
+        let items = validate(parse(&body, &what)?, &what)?;
+        return Ok(identify(items, cm.metadata.resource_version.unwrap_or_default(), body.len()));
     }
     if let Some(s3) = &source.s3 {
         let what = format!("s3://{}/{}", s3.bucket, s3.key);
         let store = s3_store(client, namespace, s3, stores).await?;
-        let body = store
+        let got = store
             .get(&object_store::path::Path::from(s3.key.as_str()))
             .await
-            .map_err(|e| SourceError::Unreadable(format!("reading {what}: {e}")))?
-            .bytes()
-            .await
             .map_err(|e| SourceError::Unreadable(format!("reading {what}: {e}")))?;
-        return validate(parse(&body, &what)?, &what);
+        let etag = got.meta.e_tag.clone().unwrap_or_default();
+        let body = got.bytes().await.map_err(|e| SourceError::Unreadable(format!("reading {what}: {e}")))?;
+        let items = validate(parse(&body, &what)?, &what)?;
+        return Ok(identify(items, etag, body.len()));
     }
     Err(SourceError::Invalid("spec.source names no source".into()))
+}
+
+/// The texts with their identity: `version` and `bytes` of the source, and a SHA-256 over
+/// every text and id in order (what a changed source is told by).
+fn identify(items: Vec<Item>, version: String, bytes: usize) -> (Vec<Item>, SourceIdentity) {
+    let mut h = Sha256::new();
+    for item in &items {
+        h.update(item.text.as_bytes());
+        h.update([0]);
+        if let Some(id) = &item.id {
+            h.update(id.as_bytes());
+        }
+        h.update([1]);
+    }
+    let sha256 = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    (items, SourceIdentity { version, bytes: bytes as i64, sha256 })
 }
 
 async fn s3_store(client: &Client, namespace: &str, s3: &S3Source, stores: &ObjectStores) -> Result<Arc<dyn ObjectStore>, SourceError> {
@@ -193,6 +219,18 @@ mod tests {
             texts("{\"text\": \"good\", \"id\": \"a\"}\n{\"text\": \"bad\", \"id\": 7}\n").unwrap(),
             vec![(Some("a"), "good".into()), (Some("7"), "bad".into())]
         );
+    }
+
+    #[test]
+    fn the_identity_follows_the_texts_and_ids_only() {
+        let items = |v: &[(&str, Option<&str>)]| v.iter().map(|(t, i)| Item { text: t.to_string(), id: i.map(String::from) }).collect();
+        let a = identify(items(&[("good", None), ("bad", Some("7"))]), "1".into(), 10).1;
+        let same = identify(items(&[("good", None), ("bad", Some("7"))]), "2".into(), 99).1;
+        assert_eq!(a.sha256, same.sha256, "versions and sizes do not decide");
+        for other in [&[("good", None), ("bad", None)][..], &[("bad", Some("7")), ("good", None)], &[("goo", None), ("dbad", Some("7"))]] {
+            assert_ne!(identify(items(other), "1".into(), 10).1.sha256, a.sha256, "{other:?}");
+        }
+        assert_eq!(a.sha256.len(), 64);
     }
 
     #[test]

@@ -228,7 +228,7 @@ async fn the_chart_lints_validates_and_installs() {
         ("operator", "create", "events.events.k8s.io", other, true),
         ("operator", "patch", "leases.coordination.k8s.io", &ns.name, true),
         ("operator", "watch", "endpointslices.discovery.k8s.io", &ns.name, true),
-        ("operator", "delete", "sentimentbatches.kubesentiment.io", other, false),
+        ("operator", "delete", "sentimentbatches.kubesentiment.io", other, true),
         ("operator", "create", "sentimentbatches.kubesentiment.io", other, false),
         ("operator", "list", "secrets", other, false),
         ("operator", "list", "sentimentbatches.kubesentiment.io", &ns.name, false),

@@ -7,105 +7,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Result;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use kubesentiment_core::crd::{Phase, SentimentBatch};
 use kubesentiment_core::names::BATCH_UID_LABEL;
 use kubesentiment_core::store::Manifest;
-use kubesentiment_tests::stack::{Inference, Proc, S3, install_crds, operator, register};
-use kubesentiment_tests::{Cluster, TestNamespace, cluster, eventually, texts};
+use kubesentiment_tests::batches::{Env, LONG, condition, env, status};
+use kubesentiment_tests::stack::{Inference, Proc, S3, operator, register};
+use kubesentiment_tests::{eventually, texts};
 use serde_json::{Value, json};
-
-const LONG: Duration = Duration::from_secs(180);
-
-struct Env {
-    cluster: &'static Cluster,
-    ns: TestNamespace,
-}
-
-async fn env(prefix: &str) -> Option<Env> {
-    let cluster = cluster()?;
-    install_crds(cluster).unwrap();
-    let ns = cluster.namespace(prefix).await.unwrap();
-    Some(Env { cluster, ns })
-}
-
-impl Env {
-    fn batches(&self) -> Api<SentimentBatch> {
-        self.ns.api()
-    }
-
-    async fn create(&self, name: &str, spec: Value) -> Result<SentimentBatch> {
-        let b: SentimentBatch = serde_json::from_value(json!({
-            "apiVersion": "kubesentiment.io/v1alpha1", "kind": "SentimentBatch",
-            "metadata": {"name": name}, "spec": spec,
-        }))?;
-        Ok(self.batches().create(&PostParams::default(), &b).await?)
-    }
-
-    /// Creates ConfigMap `name` holding `data` in this namespace.
-    async fn configmap(&self, name: &str, data: Value) {
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap();
-        self.ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await.unwrap();
-    }
-
-    /// Waits until batch `name` has committed some texts.
-    async fn progressed(&self, name: &str) {
-        self.wait(name, "progress", |b| b.status.as_ref().is_some_and(|s| s.processed_texts > 0)).await.unwrap();
-    }
-
-    async fn wait(&self, name: &str, what: &str, ok: impl Fn(&SentimentBatch) -> bool) -> Result<SentimentBatch> {
-        let api = self.batches();
-        eventually(LONG, &format!("{name}: {what}"), || {
-            let api = api.clone();
-            let ok = &ok;
-            async move { Ok(api.get_opt(name).await?.filter(|b| ok(b))) }
-        })
-        .await
-    }
-
-    async fn phase(&self, name: &str, phase: Phase) -> SentimentBatch {
-        match self.wait(name, &format!("phase {phase:?}"), |b| b.phase() == phase || (phase != b.phase() && b.phase().is_final())).await {
-            Ok(b) if b.phase() == phase => b,
-            Ok(b) => panic!("{name} ended {:?}, not {phase:?}: {:#?}", b.phase(), b.status),
-            Err(e) => panic!("{e:#}"),
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.cluster.kubectl().args(["-n", &self.ns.name]).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-
-    /// The result lines of a finished batch with ConfigMap output, read through its manifest.
-    async fn results(&self, batch: &SentimentBatch) -> Vec<Value> {
-        let location = batch.status.as_ref().and_then(|s| s.results_location.clone()).expect("a results location");
-        let cms: Api<ConfigMap> = self.ns.api();
-        let cm_data = |loc: &str, key: &str| {
-            let name = loc.rsplit('/').next().unwrap().to_string();
-            let (cms, key) = (cms.clone(), key.to_string());
-            async move { cms.get(&name).await.unwrap().data.unwrap().remove(&key).unwrap() }
-        };
-        let manifest: Manifest = serde_json::from_str(&cm_data(&location, "manifest.json").await).unwrap();
-        let mut lines = Vec::new();
-        for part in &manifest.parts {
-            for l in cm_data(&part.location, "results.jsonl").await.lines() {
-                lines.push(serde_json::from_str::<Value>(l).unwrap());
-            }
-        }
-        lines
-    }
-}
-
-fn status(b: &SentimentBatch) -> &kubesentiment_core::crd::SentimentBatchStatus {
-    b.status.as_ref().expect("a status")
-}
-
-fn condition<'a>(b: &'a SentimentBatch, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    b.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
-}
 
 #[tokio::test]
 async fn every_source_and_output_reaches_succeeded() {
@@ -186,9 +97,9 @@ async fn every_source_and_output_reaches_succeeded() {
     let (ok, out, err) = env.kubectl(&["get", "sentimentbatches"]);
     assert!(ok, "{err}");
     let header: Vec<_> = out.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "PRIORITY", "PHASE", "PROGRESS", "TEXTS", "FAILED", "AGE"]);
+    assert_eq!(header, ["NAME", "PRIORITY", "PHASE", "REASON", "SUSPEND", "PROGRESS", "TEXTS", "FAILED", "AGE"]);
     let inline_row: Vec<_> = out.lines().find(|l| l.starts_with("inline")).unwrap().split_whitespace().collect();
-    assert_eq!(&inline_row[1..6], ["high", "Succeeded", "100%", "3", "0"]);
+    assert_eq!(&inline_row[1..8], ["high", "Succeeded", "Succeeded", "false", "100%", "3", "0"]);
 
     // Deleting a file-output batch removes its files (the finalizer's cleanup).
     env.batches().delete("to-file", &Default::default()).await.unwrap();
@@ -218,8 +129,9 @@ async fn bad_sources_and_models_fail_with_a_reason_and_an_event() {
     ] {
         let b = env.phase(name, Phase::Failed).await;
         let c = condition(&b, "Failed").unwrap_or_else(|| panic!("{name}: a Failed condition"));
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", reason), "{name}");
+        assert_eq!((c.status.as_str(), c.reason.as_str(), status(&b).reason.as_deref()), ("True", "Failed", Some(reason)), "{name}");
         assert!(c.message.contains(says), "{name}: {}", c.message);
+        assert!(condition(&b, "Complete").is_none(), "{name}: Complete is for a success only");
         let events = eventually(Duration::from_secs(30), "a Failed event", || {
             let env = &env;
             async move {
@@ -387,7 +299,8 @@ async fn cancel_delete_and_timeout_keep_what_was_done() {
     let failures = s.failures.as_ref().unwrap();
     assert_eq!(failures.count, 3000 - ok);
     assert!(failures.samples.iter().all(|f| f.error == "timeout"));
-    assert_eq!(condition(&b, "Complete").unwrap().reason, "Timeout");
+    assert_eq!(condition(&b, "Failed").unwrap().reason, "DeadlineExceeded");
+    assert_eq!(status(&b).reason.as_deref(), Some("DeadlineExceeded"));
     let kept: usize = env.results(&b).await.iter().filter(|l| l.get("label").is_some()).count();
     assert_eq!(kept as i64, ok);
 

@@ -44,6 +44,8 @@ use crate::source::Item;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Between attempts at a chunk that failed for its texts or its store.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(6400));
+/// Attempts at writing a chunk's results before the batch fails with `ResultsUnwritable`.
+const STORE_ATTEMPTS: u32 = 6;
 /// Before retrying a chunk an endpoint refused for load (429/503).
 const BUSY_RETRY: Duration = Duration::from_millis(200);
 
@@ -88,8 +90,12 @@ pub struct Progress {
     pub tally: Tally,
     /// Every text has a committed result.
     pub done: bool,
-    /// A problem that fails the whole batch (a model mismatch).
-    pub fatal: Option<String>,
+    /// A problem that fails the whole batch: (reason, message), such as a model mismatch
+    /// or results that cannot be written.
+    pub fatal: Option<(&'static str, String)>,
+    /// Suspended: no new chunk goes out; these are still in flight.
+    pub suspended: bool,
+    pub in_flight: usize,
     /// Its deadline passed before every text had a result; its work has stopped.
     pub expired: bool,
     /// Work is left and no inference endpoint is ready to take it.
@@ -124,6 +130,12 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Option<Progress>>,
     },
     Remove {
+        id: JobId,
+    },
+    Suspend {
+        id: JobId,
+    },
+    Halt {
         id: JobId,
     },
     Load {
@@ -218,6 +230,19 @@ impl Engine {
         let _ = self.tx.send(Command::Remove { id: id.to_string() }).await;
     }
 
+    /// Stops dispatching a batch's chunks; those in flight finish and commit. Its
+    /// progress then shows `suspended`, and `in_flight` counting down to zero.
+    pub async fn suspend(&self, id: &str) {
+        let _ = self.tx.send(Command::Suspend { id: id.to_string() }).await;
+    }
+
+    /// Stops a batch's work, in flight too, but keeps what the engine knows of it (its
+    /// progress, why it failed) until [`Engine::remove`]: the controller halts a batch it
+    /// is ending and removes it once the end is written.
+    pub async fn halt(&self, id: &str) {
+        let _ = self.tx.send(Command::Halt { id: id.to_string() }).await;
+    }
+
     /// The work held now, and the endpoints' measured speed.
     pub async fn load(&self) -> Option<Load> {
         self.ask(|reply| Command::Load { reply }).await
@@ -229,8 +254,9 @@ struct Job {
     tally: Tally,
     began: Instant,
     done_here: usize,
-    fatal: Option<String>,
+    fatal: Option<(&'static str, String)>,
     expired: bool,
+    suspended: bool,
     /// Cancelled when the job stops; its chunks commit nothing after that.
     stop: CancellationToken,
 }
@@ -258,7 +284,7 @@ impl State {
             self.pump();
             self.export();
             let now = now();
-            let deadlines = self.jobs.values().filter(|j| !j.expired).map(|j| j.start.deadline);
+            let deadlines = self.jobs.values().filter(|j| !j.expired && !j.suspended).map(|j| j.start.deadline);
             let wake = self
                 .sched
                 .next_ready_after(now)
@@ -299,16 +325,19 @@ impl State {
                 let id = job.id.clone();
                 let tally = job.committed.clone();
                 let stop = self.stop.child_token();
-                self.jobs.insert(id.clone(), Job { start: *job, tally, began: now, done_here: 0, fatal: None, expired: false, stop });
+                let job = Job { start: *job, tally, began: now, done_here: 0, fatal: None, expired: false, suspended: false, stop };
+                self.jobs.insert(id.clone(), job);
                 self.notify_if_done(&id);
             }
             Command::Progress { id, reply } => {
                 let _ = reply.send(self.jobs.get(&id).map(|j| Progress {
                     total: j.start.items.len(),
                     tally: j.tally.clone(),
-                    done: j.fatal.is_none() && !j.expired && self.sched.is_drained(&id),
+                    done: j.fatal.is_none() && !j.expired && !j.suspended && self.sched.is_drained(&id),
                     fatal: j.fatal.clone(),
                     expired: j.expired,
+                    suspended: j.suspended,
+                    in_flight: self.sched.in_flight(&id),
                     waiting_for_capacity: self.pool.ready() == 0 && !self.sched.is_drained(&id),
                     eta_seconds: eta(j, now),
                 }));
@@ -317,6 +346,18 @@ impl State {
                 self.sched.remove(&id);
                 if let Some(job) = self.jobs.remove(&id) {
                     job.stop.cancel();
+                }
+            }
+            Command::Halt { id } => {
+                if let Some(job) = self.jobs.get(&id) {
+                    job.stop.cancel();
+                    self.sched.drop_pending(&id);
+                }
+            }
+            Command::Suspend { id } => {
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.suspended = true;
+                    self.sched.drop_pending(&id);
                 }
             }
             Command::Load { reply } => {
@@ -367,6 +408,10 @@ impl State {
                 retries.inc();
                 self.sched.retry(chunk, now + BUSY_RETRY);
             }
+            Outcome::Store(why) if chunk.attempts + 1 >= STORE_ATTEMPTS => {
+                tracing::warn!(%why, "results cannot be written; failing the batch");
+                self.fail(&chunk.job, "ResultsUnwritable", format!("writing results failed {STORE_ATTEMPTS} times: {why}"));
+            }
             Outcome::Store(why) => {
                 tracing::warn!(%why, "writing results");
                 retries.inc();
@@ -390,13 +435,17 @@ impl State {
                     self.give_up(chunk, why, "inference_error");
                 }
             }
-            Outcome::Fatal(why) => {
-                self.sched.remove(&chunk.job);
-                let job = self.jobs.get_mut(&chunk.job).expect("checked above. This is a bug.");
-                job.fatal = Some(why);
-                job.stop.cancel();
-                let _ = self.notify.try_send(job.start.object.clone());
-            }
+            Outcome::Fatal(why) => self.fail(&chunk.job, "ModelMismatch", why),
+        }
+    }
+
+    /// Stops `id` for good; the controller ends it with `reason`.
+    fn fail(&mut self, id: &str, reason: &'static str, why: String) {
+        self.sched.remove(id);
+        if let Some(job) = self.jobs.get_mut(id) {
+            job.fatal = Some((reason, why));
+            job.stop.cancel();
+            let _ = self.notify.try_send(job.start.object.clone());
         }
     }
 
@@ -419,7 +468,7 @@ impl State {
     /// Stops every job whose deadline has passed with work left, and asks for its reconcile.
     fn expire(&mut self) {
         let now = now();
-        for (id, job) in self.jobs.iter_mut().filter(|(_, j)| !j.expired && j.start.deadline <= now) {
+        for (id, job) in self.jobs.iter_mut().filter(|(_, j)| !j.expired && !j.suspended && j.start.deadline <= now) {
             if self.sched.is_drained(id) {
                 continue;
             }

@@ -268,6 +268,47 @@ async fn a_store_failure_is_retried_and_commits_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_store_that_keeps_failing_fails_the_batch() {
+    let (pool, _gate) = FakePool::new();
+    let h = harness(cfg(), pool, &["http://a"]);
+    let sink = Arc::new(FakeSink { fail_first: AtomicUsize::new(usize::MAX), ..Default::default() });
+    h.start("job", items(distinct(10)), sink.clone(), Duration::from_secs(600)).await;
+    let p = h.settle("job").await;
+    let (reason, why) = p.fatal.clone().expect("the batch fails");
+    assert!(reason == "ResultsUnwritable" && why.contains("unwritable"), "{p:?}");
+    assert!(sink.indices().is_empty());
+    h.shut_down().await;
+}
+
+/// A suspended batch sends nothing new; its chunks in flight finish and are committed.
+#[tokio::test(start_paused = true)]
+async fn a_suspended_batch_finishes_what_is_in_flight_and_sends_nothing_more() {
+    let (pool, gate) = FakePool::new();
+    gate.send_replace(false);
+    let h = harness(AsyncBatch { max_batch_size: 10, ..cfg() }, pool.clone(), &["http://a"]);
+    let sink = Arc::new(FakeSink::default());
+    h.start("job", items(distinct(500)), sink.clone(), Duration::from_secs(600)).await;
+    while pool.calls().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    h.engine.suspend("job").await;
+    let p = h.engine.progress("job").await.unwrap();
+    assert!(p.suspended && p.in_flight == 2 && !p.done, "{p:?}");
+    gate.send_replace(true);
+    loop {
+        let p = h.engine.progress("job").await.unwrap();
+        if p.in_flight == 0 {
+            assert_eq!(p.tally.done(), 20, "the two chunks in flight were committed");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!((pool.calls().len(), sink.indices().len()), (2, 20), "nothing more was sent");
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_removed_batch_stops_its_chunks_in_flight() {
     let (pool, gate) = FakePool::new();
     gate.send_replace(false);
@@ -325,7 +366,8 @@ async fn a_model_other_than_the_batch_asks_for_fails_it() {
     };
     h.engine.start_job(job).await;
     let p = h.settle("job").await;
-    assert!(p.fatal.as_deref().is_some_and(|f| f.contains("\"fake\"") && f.contains("\"distilbert\"")), "{p:?}");
+    let (reason, why) = p.fatal.clone().unwrap();
+    assert!(reason == "ModelMismatch" && why.contains("\"fake\"") && why.contains("\"distilbert\""), "{p:?}");
     assert!(sink.indices().is_empty());
     h.shut_down().await;
 }

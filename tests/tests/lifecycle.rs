@@ -1,0 +1,214 @@
+//! Batches that behave like Kubernetes Jobs (#15): `kubectl wait` on Complete and
+//! Failed, deletion after `ttlSecondsAfterFinished`, suspend and resume, a batch of
+//! 100,000 texts that expires with most undone, results that cannot be written, a delete
+//! whose S3 results cannot be reached, and a source edited under a running batch.
+//!
+//! Each test has its own namespace and operator, against the real control plane,
+//! inference servers and (where S3) moto's server.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kubesentiment_core::config::ObjectStores;
+use kubesentiment_core::crd::Phase;
+use kubesentiment_core::names::BATCH_UID_LABEL;
+use kubesentiment_core::store::Store;
+use kubesentiment_tests::batches::{Env, LONG, condition, env, status};
+use kubesentiment_tests::stack::{Inference, S3, operator, register};
+use kubesentiment_tests::{eventually, texts};
+use serde_json::json;
+
+async fn with_inference(prefix: &str) -> Option<(Env, Inference)> {
+    let env = env(prefix).await?;
+    let inf = Inference::start(&[]).unwrap();
+    register(&env.ns, &[inf.port]).await.unwrap();
+    Some((env, inf))
+}
+
+/// `kubectl wait --for=condition=…` on batch `name`, for at most `secs`.
+fn wait(env: &Env, name: &str, condition: &str, secs: u32) -> bool {
+    env.kubectl(&["wait", &format!("--for=condition={condition}"), &format!("sb/{name}"), &format!("--timeout={secs}s")]).0
+}
+
+#[tokio::test]
+async fn kubectl_wait_works_as_for_a_job() {
+    let Some((env, _inf)) = with_inference("wait").await else { return };
+    let _op = operator(env.cluster, &env.ns.name, &[], &[]).unwrap();
+    let big = texts(3000, "w").join("\n");
+    env.configmap("big", json!({"lines": big})).await;
+    env.create("ok", json!({"texts": ["a fine day", "a terrible day"]})).await.unwrap();
+    env.create("wrong-model", json!({"texts": ["hello"], "model": "not-the-served-model"})).await.unwrap();
+    env.create("expires", json!({"source": {"configMapKeyRef": {"name": "big", "key": "lines"}}, "timeoutSeconds": 2, "maxBatchSize": 20}))
+        .await
+        .unwrap();
+    env.create("cancelled", json!({"source": {"configMapKeyRef": {"name": "big", "key": "lines"}}, "maxBatchSize": 20})).await.unwrap();
+    env.progressed("cancelled").await;
+    env.batches().patch("cancelled", &PatchParams::default(), &Patch::Merge(json!({"spec": {"cancel": true}}))).await.unwrap();
+
+    assert!(wait(&env, "ok", "Complete", 120));
+    for (name, reason) in [("wrong-model", "Failed"), ("expires", "DeadlineExceeded"), ("cancelled", "Cancelled")] {
+        assert!(wait(&env, name, "Failed", 120), "{name}");
+        let b = env.batches().get(name).await.unwrap();
+        assert_eq!(condition(&b, "Failed").unwrap().reason, reason, "{name}");
+        // Complete is for a success only: waiting for it on a failed batch times out.
+        assert!(!wait(&env, name, "Complete", 2), "{name}");
+    }
+    assert!(!wait(&env, "ok", "Failed", 2));
+    let (_, out, _) = env.kubectl(&["get", "sb", "wrong-model", "-o", "jsonpath={.status.reason}"]);
+    assert_eq!(out, "ModelMismatch");
+}
+
+#[tokio::test]
+async fn a_finished_batch_is_deleted_after_its_ttl_with_what_it_owns() {
+    let Some((env, _inf)) = with_inference("ttl").await else { return };
+    let _op = operator(env.cluster, &env.ns.name, &[], &[]).unwrap();
+    env.create("short", json!({"texts": texts(20, "ttl"), "ttlSecondsAfterFinished": 3})).await.unwrap();
+    env.create("kept", json!({"texts": texts(5, "kept")})).await.unwrap();
+    let b = env.phase("short", Phase::Succeeded).await;
+    let uid = b.metadata.uid.clone().unwrap();
+    let owned = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid}"));
+    assert!(!env.ns.api::<ConfigMap>().list(&owned).await.unwrap().items.is_empty(), "results are stored");
+    let ended = Instant::now();
+    eventually(LONG, "the batch and its results deleted", || {
+        let (batches, cms, owned) = (env.batches(), env.ns.api::<ConfigMap>(), owned.clone());
+        async move { Ok((batches.get_opt("short").await?.is_none() && cms.list(&owned).await?.items.is_empty()).then_some(())) }
+    })
+    .await
+    .unwrap();
+    assert!(ended.elapsed() >= Duration::from_secs(2), "not before its TTL ({:?})", ended.elapsed());
+    // Without a TTL (and none configured) a batch stays.
+    env.phase("kept", Phase::Succeeded).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(env.batches().get_opt("kept").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn suspend_and_resume_mid_run_compute_each_text_once() {
+    let Some((env, inf)) = with_inference("suspend").await else { return };
+    let _op = operator(env.cluster, &env.ns.name, &["--workers", "1"], &[]).unwrap();
+    let n = 3000;
+    env.configmap("big", json!({"lines": texts(n, "s").join("\n")})).await;
+    env.create("held", json!({"source": {"configMapKeyRef": {"name": "big", "key": "lines"}}, "maxBatchSize": 50})).await.unwrap();
+    env.progressed("held").await;
+    env.batches().patch("held", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}}))).await.unwrap();
+    let b = env.phase("held", Phase::Suspended).await;
+    assert_eq!(condition(&b, "Suspended").unwrap().status, "True");
+    let at_suspend = status(&b).processed_texts;
+    assert!(at_suspend > 0 && at_suspend < n as i64, "{at_suspend}");
+    // Nothing runs while suspended.
+    let inferred = inf.texts_inferred().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(inf.texts_inferred().await.unwrap(), inferred);
+    assert_eq!(status(&env.batches().get("held").await.unwrap()).processed_texts, at_suspend);
+    let (_, out, _) = env.kubectl(&["get", "sb", "held"]);
+    assert!(out.contains("Suspended") && out.contains("true"), "{out}");
+    // Resume: the rest, each text once.
+    env.batches().patch("held", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}}))).await.unwrap();
+    let b = env.phase("held", Phase::Succeeded).await;
+    assert!(condition(&b, "Suspended").is_none());
+    let lines = env.results(&b).await;
+    let indices: Vec<u64> = lines.iter().map(|l| l["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, (0..n as u64).collect::<Vec<_>>());
+    let total = inf.texts_inferred().await.unwrap();
+    assert!(total <= n as f64 + 100.0, "committed work was not redone ({total} inferred)");
+    // A batch created suspended is never admitted until resumed.
+    env.create("born-held", json!({"texts": ["held from the start"], "suspend": true})).await.unwrap();
+    env.phase("born-held", Phase::Suspended).await;
+    env.batches().patch("born-held", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}}))).await.unwrap();
+    env.phase("born-held", Phase::Succeeded).await;
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_texts_expire_with_a_complete_failures_list() {
+    let Some((env, _inf)) = with_inference("huge").await else { return };
+    let s3 = S3::start().await.unwrap();
+    let n = 100_000;
+    let body: String =
+        (0..n).map(|i| json!({"text": format!("review {i} of the huge batch"), "id": format!("r{i}")}).to_string() + "\n").collect();
+    s3.put("ks-huge", "").await.unwrap();
+    s3.put("ks-huge/texts.jsonl", body).await.unwrap();
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "s3"}, "stringData": {"accessKeyId": "test", "secretAccessKey": "test"}}))
+            .unwrap();
+    env.ns.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    let _op = operator(env.cluster, &env.ns.name, &["--workers", "1"], &[]).unwrap();
+    env.create(
+        "huge",
+        json!({"source": {"s3": {"bucket": "ks-huge", "key": "texts.jsonl", "endpoint": s3.endpoint, "region": "us-east-1",
+               "credentialsSecretRef": {"name": "s3"}}}, "timeoutSeconds": 5, "maxBatchSize": 100}),
+    )
+    .await
+    .unwrap();
+    let b = env.phase("huge", Phase::Expired).await;
+    let s = status(&b);
+    let ok = s.summary.as_ref().unwrap().successful_predictions;
+    assert!(ok < n / 2, "most texts undone: {ok} of {n}");
+    assert_eq!((s.total_texts, s.failed_texts), (n, n - ok));
+    // The dead-letter list holds every unfinished text, in shards the manifest names.
+    let store = Store::for_batch(&env.ns.client, &b, &ObjectStores::default()).unwrap();
+    let failures = store.read_failures().await.unwrap();
+    assert_eq!(failures.len() as i64, n - ok);
+    assert!(failures.windows(2).all(|w| w[0].index < w[1].index) && failures.iter().all(|f| f.error.as_deref() == Some("timeout")));
+    assert_eq!(failures[0].id.as_deref(), None, "timeouts carry no id: the texts were never read back");
+    let lines = store.read_range(0..n as usize).await.unwrap();
+    assert_eq!(lines.len() as i64, ok);
+}
+
+#[tokio::test]
+async fn results_that_cannot_be_written_fail_the_batch_in_bounded_time() {
+    let Some((env, _inf)) = with_inference("unwritable").await else { return };
+    let _op = operator(env.cluster, &env.ns.name, &[], &[]).unwrap();
+    // /proc takes no files, whoever writes.
+    env.create("nowhere", json!({"texts": texts(30, "u"), "output": "file:///proc/kubesentiment-results"})).await.unwrap();
+    let began = Instant::now();
+    let b = env.phase("nowhere", Phase::Failed).await;
+    assert_eq!(status(&b).reason.as_deref(), Some("ResultsUnwritable"), "{:#?}", b.status);
+    assert!(began.elapsed() < Duration::from_secs(90), "bounded: {:?}", began.elapsed());
+    let events = env.kubectl(&["get", "events", "--field-selector", "involvedObject.name=nowhere", "-o", "json"]).1;
+    assert!(events.contains("ResultsUnwritable"), "{events}");
+}
+
+#[tokio::test]
+async fn deleting_a_batch_whose_s3_results_are_unreachable_completes() {
+    let Some((env, _inf)) = with_inference("s3gone").await else { return };
+    let mut s3 = S3::start().await.unwrap();
+    s3.put("ks-out", "").await.unwrap();
+    let s3_env = s3.env();
+    let op_env: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _op = operator(env.cluster, &env.ns.name, &[], &op_env).unwrap();
+    env.create("stranded", json!({"texts": texts(10, "g"), "output": "s3://ks-out/results"})).await.unwrap();
+    env.phase("stranded", Phase::Succeeded).await;
+    s3.proc.kill9();
+    let began = Instant::now();
+    env.batches().delete("stranded", &Default::default()).await.unwrap();
+    eventually(LONG, "the batch gone", || {
+        let batches = env.batches();
+        async move { Ok(batches.get_opt("stranded").await?.is_none().then_some(())) }
+    })
+    .await
+    .unwrap();
+    assert!(began.elapsed() < Duration::from_secs(90), "{:?}", began.elapsed());
+    let events = env.kubectl(&["get", "events", "-o", "json"]).1;
+    assert!(events.contains("CleanupFailed"), "the results left behind are reported: {events}");
+    env.ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_edited_source_fails_the_batch_rather_than_mix_results() {
+    let Some((env, _inf)) = with_inference("edited").await else { return };
+    let mut op = operator(env.cluster, &env.ns.name, &["--workers", "1"], &[]).unwrap();
+    env.configmap("src", json!({"lines": texts(3000, "e").join("\n")})).await;
+    env.create("pinned", json!({"source": {"configMapKeyRef": {"name": "src", "key": "lines"}}, "maxBatchSize": 50})).await.unwrap();
+    env.progressed("pinned").await;
+    let pinned = status(&env.batches().get("pinned").await.unwrap()).source.clone().expect("the source is pinned at admission");
+    assert_eq!(pinned.sha256.len(), 64);
+    // The operator dies; the source is edited; a new operator resumes the batch.
+    op.kill9();
+    let edited = json!({"data": {"lines": texts(3000, "other").join("\n")}});
+    env.ns.api::<ConfigMap>().patch("src", &PatchParams::default(), &Patch::Merge(edited)).await.unwrap();
+    let _op = operator(env.cluster, &env.ns.name, &[], &[]).unwrap();
+    let b = env.phase("pinned", Phase::Failed).await;
+    assert_eq!(status(&b).reason.as_deref(), Some("SourceChanged"), "{:#?}", b.status);
+    assert!(condition(&b, "Failed").unwrap().message.contains("changed"));
+}
