@@ -36,6 +36,13 @@ pub struct AsyncBatch {
     pub priority_high_limit: usize,
     pub priority_medium_limit: usize,
     pub priority_low_limit: usize,
+    /// Of `max_jobs`, slots only high (then medium) batches may take.
+    pub reserved_high_slots: usize,
+    pub reserved_medium_slots: usize,
+    /// Dispatches per round for each level when several have work.
+    pub priority_high_weight: u32,
+    pub priority_medium_weight: u32,
+    pub priority_low_weight: u32,
     pub aging_seconds: u64,
     pub cache_ttl_seconds: u64,
     pub result_cache_max_size: u64,
@@ -58,6 +65,11 @@ impl Default for AsyncBatch {
             priority_high_limit: 100,
             priority_medium_limit: 500,
             priority_low_limit: 1000,
+            reserved_high_slots: 100,
+            reserved_medium_slots: 50,
+            priority_high_weight: 6,
+            priority_medium_weight: 3,
+            priority_low_weight: 1,
             aging_seconds: 10,
             cache_ttl_seconds: 3600,
             result_cache_max_size: 1000,
@@ -152,9 +164,18 @@ impl AsyncBatch {
             ("priority_low_limit", self.priority_low_limit as u64),
             ("aging_seconds", self.aging_seconds),
             ("workers", self.workers as u64),
+            ("priority_high_weight", u64::from(self.priority_high_weight)),
+            ("priority_medium_weight", u64::from(self.priority_medium_weight)),
+            ("priority_low_weight", u64::from(self.priority_low_weight)),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid { key, why: "must be at least 1".into() });
+        }
+        if self.reserved_high_slots + self.reserved_medium_slots >= self.max_jobs {
+            return Err(ConfigError::Invalid {
+                key: "reserved_high_slots",
+                why: format!("with reserved_medium_slots it reserves all {} slots of max_jobs", self.max_jobs),
+            });
         }
         if self.default_timeout_seconds > self.max_timeout_seconds {
             return Err(ConfigError::Invalid {
@@ -175,7 +196,16 @@ impl AsyncBatch {
 
     /// The admission limits: per priority and in all.
     pub fn admission(&self) -> admission::Limits {
-        admission::Limits { per_priority: Priority::ALL.map(|p| self.limit(p)), max_jobs: self.max_jobs }
+        admission::Limits {
+            per_priority: Priority::ALL.map(|p| self.limit(p)),
+            max_jobs: self.max_jobs,
+            reserved: [self.reserved_high_slots, self.reserved_medium_slots],
+        }
+    }
+
+    /// The levels' shares of dispatches (high, medium, low).
+    pub fn level_weights(&self) -> [u32; 3] {
+        [self.priority_high_weight, self.priority_medium_weight, self.priority_low_weight]
     }
 
     /// A batch's timeout: its own, capped, or the default.
@@ -249,7 +279,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("ASYNC_BATCH_MAX_JOBS", "8");
             jail.set_env("ASYNC_BATCH_PRIORITY_LOW_LIMIT", "4");
-            let yaml = "async_batch:\n  max_jobs: 7\n  priority_low_limit: 3\n  aging_seconds: 2\n";
+            let yaml = "async_batch:\n  max_jobs: 7\n  priority_low_limit: 3\n  aging_seconds: 2\n  reserved_high_slots: 2\n  reserved_medium_slots: 1\n";
             let s = load_in(jail, Some(yaml), &Overrides { max_jobs: Some(9), ..Default::default() }).unwrap();
             assert_eq!((s.max_jobs, s.priority_low_limit, s.aging_seconds, s.priority_high_limit), (9, 4, 2, 100));
             Ok(())
@@ -262,7 +292,11 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             let defaults = serde_json::to_value(AsyncBatch::default()).unwrap();
             for key in defaults.as_object().unwrap().keys() {
-                let value = if key == "enabled" { "false" } else { "42" };
+                let value = match key.as_str() {
+                    "enabled" => "false",
+                    "reserved_high_slots" | "reserved_medium_slots" => "1",
+                    _ => "42",
+                };
                 jail.set_env(format!("{ENV_PREFIX}{}", key.to_uppercase()), value);
             }
             let s = load_in(jail, None, &Overrides::default()).unwrap();
@@ -280,6 +314,7 @@ mod tests {
             ("async_batch:\n  max_jobs: 0\n", None, "async_batch.max_jobs"),
             ("async_batch:\n  default_timeout_seconds: 99\n  max_timeout_seconds: 10\n", None, "async_batch.default_timeout_seconds"),
             ("async_batch:\n  max_jobz: 1\n", None, "max_jobz"),
+            ("async_batch:\n  max_jobs: 150\n", None, "reserved_high_slots"),
             ("async_batch:\n  workers: -1\n", None, "workers"),
             ("async_batch: {}\n", Some(("ASYNC_BATCH_CACHE_TTL_SECONDS", "soon")), "cache_ttl_seconds"),
             ("async_batch: {}\n", Some(("ASYNC_BATCH_MAX_JOBZ", "1")), "max_jobz"),

@@ -20,5 +20,8 @@ pub const BENCH_RUN_LABEL: &str = "kubesentiment.io/bench-run";
 
 /// Annotation naming the client kind that created a job (`rest`, `bench`).
 pub const SUBMITTED_BY: &str = "kubesentiment.io/submitted-by";
+/// A namespace's weight in the fair shares of its priority level (a positive number;
+/// default 1).
+pub const WEIGHT_ANNOTATION: &str = "kubesentiment.io/weight";
 /// Set this annotation on a finished batch to compute its failed items again.
 pub const RETRY_FAILED: &str = "kubesentiment.io/retry-failed";

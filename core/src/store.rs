@@ -50,12 +50,42 @@ pub struct ResultLine {
 pub struct Part {
     pub start: usize,
     pub lines: Vec<ResultLine>,
+    /// The name it is stored under (`part-<start>-<end>`): its range when written, which
+    /// [`Store::read_parts`] may since have trimmed of lines a part starting earlier holds.
+    pub stem: String,
 }
 
 impl Part {
+    pub fn new(start: usize, lines: Vec<ResultLine>) -> Part {
+        let stem = format!("part-{start:07}-{:07}", start + lines.len());
+        Part { start, lines, stem }
+    }
+
     pub fn end(&self) -> usize {
         self.start + self.lines.len()
     }
+}
+
+/// Parts sorted by start, each index kept once: two leaders with different chunk
+/// boundaries can both commit a text (each under its own part name, which carries its
+/// whole range, so neither overwrites the other), and a text must still have exactly one
+/// result. The part that starts first keeps it; a part left
+/// empty is dropped.
+pub fn one_per_index(sorted: Vec<Part>) -> Vec<Part> {
+    let mut at = 0;
+    let mut out = Vec::with_capacity(sorted.len());
+    for mut p in sorted {
+        if p.end() <= at {
+            continue;
+        }
+        if p.start < at {
+            p.lines.drain(..at - p.start);
+            p.start = at;
+        }
+        at = p.end();
+        out.push(p);
+    }
+    out
 }
 
 /// Failed items per shard of the dead-letter list, and parts per shard of the manifest:
@@ -127,7 +157,7 @@ impl Store {
             None => Ok(Store::ConfigMaps {
                 api: Api::namespaced(client.clone(), &namespace),
                 namespace,
-                // Leave room for "-part-0000000" within the 253-character name limit.
+                // Leave room for "-part-0000000-0000000" within the 253-character name limit.
                 base: name.chars().take(200).collect(),
                 uid,
                 owner: batch.controller_owner_ref(&()).expect("a stored batch has a name and UID. This is a bug."),
@@ -217,10 +247,10 @@ impl Store {
 
     /// Writes one part, replacing any earlier write of the same range.
     pub async fn write_part(&self, part: &Part) -> Result<(), StoreError> {
-        self.put(&Entry::part(part.start), to_jsonl(&part.lines)).await
+        self.put(&Entry::part(&part.stem), to_jsonl(&part.lines)).await
     }
 
-    /// Every part committed so far, ordered by start.
+    /// Every part committed so far, ordered by start, each index once.
     pub async fn read_parts(&self) -> Result<Vec<Part>, StoreError> {
         let mut parts = Vec::new();
         match self {
@@ -228,24 +258,30 @@ impl Store {
                 let lp = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{KIND_LABEL}=part"));
                 for cm in api.list(&lp).await?.items {
                     let location = cm.name_any();
+                    let Some((_, range)) = location.rsplit_once("-part-") else { continue };
                     let body = cm.data.and_then(|mut d| d.remove(DATA_KEY)).unwrap_or_default();
-                    parts.push(parse_part(&location, &body)?);
+                    parts.push(parse_part(&location, format!("part-{range}"), &body)?);
                 }
             }
             Store::Objects { store, prefix, .. } => {
                 let metas: Vec<_> = store.list(Some(prefix)).try_collect().await?;
-                for meta in metas.into_iter().filter(|m| m.location.filename().is_some_and(|f| f.starts_with("part-"))) {
+                for meta in metas {
+                    let Some(stem) = meta.location.filename().and_then(|f| f.strip_suffix(".jsonl")).filter(|f| f.starts_with("part-"))
+                    else {
+                        continue;
+                    };
+                    let stem = stem.to_string();
                     let body = store.get(&meta.location).await?.bytes().await?;
-                    parts.push(parse_part(meta.location.as_ref(), &String::from_utf8_lossy(&body))?);
+                    parts.push(parse_part(meta.location.as_ref(), stem, &String::from_utf8_lossy(&body))?);
                 }
             }
         }
         parts.sort_by_key(|p| p.start);
-        Ok(parts)
+        Ok(one_per_index(parts))
     }
 
-    /// The committed lines with an index in `range`, in order, reading only the parts
-    /// that can hold them (a part's name carries its first index).
+    /// The committed lines with an index in `range`, in order and each index once,
+    /// reading only the parts that can hold them (a part's name carries its first index).
     pub async fn read_range(&self, range: std::ops::Range<usize>) -> Result<Vec<ResultLine>, StoreError> {
         let mut starts: Vec<(usize, String)> = match self {
             Store::ConfigMaps { api, uid, .. } => {
@@ -277,8 +313,11 @@ impl Store {
                     Err(e) => return Err(e.into()),
                 },
             };
-            lines.extend(parse_part(name, &body)?.lines.into_iter().filter(|l| range.contains(&l.index)));
+            lines.extend(parse_part(name, String::new(), &body)?.lines.into_iter().filter(|l| range.contains(&l.index)));
         }
+        // Stable: of overlapping parts, the one that starts first keeps an index.
+        lines.sort_by_key(|l| l.index);
+        lines.dedup_by_key(|l| l.index);
         Ok(lines)
     }
 
@@ -314,7 +353,7 @@ impl Store {
             failure_shards.push(self.location(&entry));
         }
         let entries: Vec<ManifestPart> =
-            parts.iter().map(|p| ManifestPart { location: self.location(&Entry::part(p.start)), start: p.start, end: p.end() }).collect();
+            parts.iter().map(|p| ManifestPart { location: self.location(&Entry::part(&p.stem)), start: p.start, end: p.end() }).collect();
         let mut chunks = entries.chunks(per_manifest);
         let first = chunks.next().unwrap_or_default().to_vec();
         let mut more_parts = Vec::new();
@@ -336,9 +375,9 @@ impl Store {
         Ok(self.manifest_location())
     }
 
-    /// Deletes the part starting at `start`, so its range is computed again.
-    pub async fn delete_part(&self, start: usize) -> Result<(), StoreError> {
-        let entry = Entry::part(start);
+    /// Deletes the part stored as `stem`, so its range is computed again.
+    pub async fn delete_part(&self, stem: &str) -> Result<(), StoreError> {
+        let entry = Entry::part(stem);
         match self {
             Store::ConfigMaps { api, base, .. } => match api.delete(&entry.configmap(base), &DeleteParams::default()).await {
                 Ok(_) => {}
@@ -377,8 +416,9 @@ struct Entry {
 }
 
 impl Entry {
-    fn part(start: usize) -> Self {
-        Entry { stem: format!("part-{start:07}"), file: format!("part-{start:07}.jsonl"), key: DATA_KEY, kind: "part" }
+    /// A part, by its stem (`part-<start>-<end>`; `part-<start>` as written before 0.2).
+    fn part(stem: &str) -> Self {
+        Entry { stem: stem.to_string(), file: format!("{stem}.jsonl"), key: DATA_KEY, kind: "part" }
     }
 
     /// Shard `n` of the failures list: `failures`, `failures-1`, …
@@ -406,8 +446,9 @@ impl Entry {
     }
 }
 
-/// The first index in a part's name (`0000500` → 500).
-fn part_start(digits: &str) -> Option<usize> {
+/// The first index in a part's name (`0000500-0000600` or `0000500` → 500).
+fn part_start(range: &str) -> Option<usize> {
+    let digits = range.split('-').next()?;
     digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok()).flatten()
 }
 
@@ -420,7 +461,7 @@ fn to_jsonl(lines: &[ResultLine]) -> String {
     out
 }
 
-fn parse_part(location: &str, body: &str) -> Result<Part, StoreError> {
+fn parse_part(location: &str, stem: String, body: &str) -> Result<Part, StoreError> {
     let corrupt = |why: String| StoreError::Corrupt { location: location.to_string(), why };
     let lines = body
         .lines()
@@ -431,7 +472,7 @@ fn parse_part(location: &str, body: &str) -> Result<Part, StoreError> {
     if lines.iter().enumerate().any(|(i, l)| l.index != start + i) {
         return Err(corrupt("indices are not contiguous".into()));
     }
-    Ok(Part { start, lines })
+    Ok(Part { start, lines, stem })
 }
 
 /// The ranges of `0..total` no part covers: the work left.
@@ -456,10 +497,10 @@ mod tests {
     use super::*;
 
     fn part(start: usize, len: usize) -> Part {
-        Part {
+        Part::new(
             start,
-            lines: (start..start + len).map(|index| ResultLine { index, id: None, prediction: None, error: Some("x".into()) }).collect(),
-        }
+            (start..start + len).map(|index| ResultLine { index, id: None, prediction: None, error: Some("x".into()) }).collect(),
+        )
     }
 
     #[test]
@@ -470,12 +511,31 @@ mod tests {
         assert_eq!(remaining(10, &[part(0, 4), part(4, 2)]), vec![6..10]);
     }
 
+    /// Two leaders cut 0..100 differently (by 30 and by 40): each index is kept once,
+    /// every kept part still names where it is stored, and a part wholly covered goes.
+    #[test]
+    fn overlapping_parts_keep_each_index_once() {
+        let mut parts: Vec<Part> = [0, 30, 60, 90].iter().map(|s| part(*s, 30.min(100 - s))).collect();
+        parts.extend([0, 40, 80].iter().map(|s| part(*s, 40.min(100 - s))));
+        parts.push(part(41, 5));
+        parts.sort_by_key(|p| p.start);
+        let kept = one_per_index(parts);
+        let indices: Vec<usize> = kept.iter().flat_map(|p| p.lines.iter().map(|l| l.index)).collect();
+        assert_eq!(indices, (0..100).collect::<Vec<_>>());
+        for p in &kept {
+            assert!(p.lines.iter().enumerate().all(|(i, l)| l.index == p.start + i), "contiguous from start: {p:?}");
+        }
+        assert!(kept.iter().all(|p| p.stem != "part-0000041-0000046"), "wholly covered");
+        assert!(kept.iter().any(|p| p.stem == "part-0000040-0000080" && p.start == 60), "trimmed, named where stored");
+        assert_eq!(remaining(100, &kept), Vec::<std::ops::Range<usize>>::new());
+    }
+
     #[test]
     fn parts_round_trip_and_reject_gaps() {
         let p = part(5, 3);
-        assert_eq!(parse_part("p", &to_jsonl(&p.lines)).unwrap(), p);
+        assert_eq!(parse_part("p", p.stem.clone(), &to_jsonl(&p.lines)).unwrap(), p);
         let mut gappy = p.lines.clone();
         gappy.remove(1);
-        assert!(parse_part("p", &to_jsonl(&gappy)).unwrap_err().to_string().contains("contiguous"));
+        assert!(parse_part("p", p.stem.clone(), &to_jsonl(&gappy)).unwrap_err().to_string().contains("contiguous"));
     }
 }

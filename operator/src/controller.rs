@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -23,7 +24,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use kubesentiment_core::backoff::Backoff;
 use kubesentiment_core::config::{AsyncBatch, ObjectStores};
 use kubesentiment_core::crd::{Phase, SentimentBatch, SentimentBatchStatus};
-use kubesentiment_core::names::{FINALIZER, MANAGER, RETRY_FAILED};
+use kubesentiment_core::names::{FINALIZER, MANAGER, RETRY_FAILED, TENANT_LABEL, WEIGHT_ANNOTATION};
 use kubesentiment_core::status::{self, QUEUED, Tally};
 use kubesentiment_core::store::{self, ResultLine, Store, StoreError};
 use serde_json::json;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::autoscaler::Capacity;
 use crate::engine::{Engine, JobStart};
 use crate::metrics::Metrics;
+use crate::scheduler::Tenant;
 use crate::source;
 
 /// How often a Running batch's status is refreshed: at most one write per second each.
@@ -46,6 +48,8 @@ const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration
 /// `ResultsUnwritable`, or the finalizer is released with an Event saying what is left.
 /// About 15 s with the backoff above.
 const FINAL_ATTEMPTS: u32 = 5;
+/// How long a namespace's weight is trusted before it is read again.
+const WEIGHT_REFRESH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -79,6 +83,8 @@ pub struct Context {
     pub capacity: Capacity,
     /// Consecutive failures per batch, for error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Each namespace's fair-share weight, and when it was read.
+    weights: Mutex<HashMap<String, (f64, Instant)>>,
     /// When each running batch's progress was last written, to write at most once per
     /// STATUS_PERIOD (our own writes come back as watch events and trigger reconciles).
     progress_written: Mutex<HashMap<String, Instant>>,
@@ -95,6 +101,7 @@ impl Context {
             metrics,
             capacity: Capacity::default(),
             failures: Mutex::default(),
+            weights: Mutex::default(),
             progress_written: Mutex::default(),
         }
     }
@@ -279,7 +286,8 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
     let uid = batch.uid().unwrap_or_default();
     let namespace = batch.namespace().unwrap_or_default();
     let old = batch.status.clone().unwrap_or_default();
-    if ctx.engine.admit(&uid, batch.spec.priority, deadline).await.is_err() {
+    let tenant = tenant_of(batch, ctx).await;
+    if ctx.engine.admit(&uid, batch.spec.priority, tenant, deadline).await.is_err() {
         let limit = ctx.cfg.limit(batch.spec.priority);
         let msg = format!(
             "{} priority admits {limit} batches at once (max_jobs {}); waiting for room",
@@ -376,6 +384,11 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
 async fn finalize(cached: &SentimentBatch, ctx: &Context, store: &Store, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
     let uid = cached.uid().unwrap_or_default();
     ctx.engine.halt(&uid).await;
+    // Its chunks see the stop at once; one already writing its part finishes first, so
+    // that no part lands after the final status.
+    if ctx.engine.progress(&uid).await.is_some_and(|p| p.in_flight > 0) {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     let Some(batch) = api(ctx, cached).get_opt(&cached.name_any()).await?.filter(|b| b.uid() == cached.uid()) else {
         forget(ctx, &uid).await;
         return Ok(Action::await_change());
@@ -469,11 +482,11 @@ async fn retry_failed(batch: &SentimentBatch, ctx: &Context, store: Option<Store
     let old = batch.status.clone().unwrap_or_default();
     let retry = matches!(batch.phase(), Phase::Succeeded | Phase::Failed) && old.failed_texts > 0 && !batch.spec.cancel;
     if let (true, Some(store)) = (retry, store) {
-        let failed: Vec<usize> =
-            store.read_parts().await?.into_iter().filter(|p| p.lines.iter().any(|l| l.error.is_some())).map(|p| p.start).collect();
+        let failed: Vec<String> =
+            store.read_parts().await?.into_iter().filter(|p| p.lines.iter().any(|l| l.error.is_some())).map(|p| p.stem).collect();
         write_status(batch, ctx, status::retry_requested(batch, &format!("{RETRY_FAILED} is set"))).await?;
-        for start in &failed {
-            store.delete_part(*start).await?;
+        for stem in &failed {
+            store.delete_part(stem).await?;
         }
         publish(
             ctx,
@@ -494,6 +507,11 @@ async fn retry_failed(batch: &SentimentBatch, ctx: &Context, store: Option<Store
 /// reported in an Event and left, so the deletion (and a namespace's) never hangs.
 async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     let uid = batch.uid().unwrap_or_default();
+    // As in finalize: no part may land after the results are deleted.
+    ctx.engine.halt(&uid).await;
+    if ctx.engine.progress(&uid).await.is_some_and(|p| p.in_flight > 0) {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     forget(ctx, &uid).await;
     if let Ok(store) = Store::for_batch(&ctx.client, batch, &ctx.stores)
         && let Err(e) = store.delete_unowned().await
@@ -505,6 +523,37 @@ async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error>
         publish(ctx, batch, EventType::Warning, "CleanupFailed", &note).await;
     }
     Ok(Action::await_change())
+}
+
+/// Whose batch this is, for fair shares: its namespace, and within a namespace the REST
+/// facade shares, its API key's tenant. The namespace's `kubesentiment.io/weight`
+/// annotation weighs it (read at most once a minute per namespace; 1 when unset or
+/// unreadable).
+async fn tenant_of(batch: &SentimentBatch, ctx: &Context) -> Tenant {
+    let namespace = batch.namespace().unwrap_or_default();
+    let name = match batch.labels().get(TENANT_LABEL) {
+        Some(key) => format!("{namespace}/{key}"),
+        None => namespace.clone(),
+    };
+    let cached = ctx.weights.lock().expect("the lock is never poisoned. This is a bug.").get(&namespace).copied();
+    let weight = match cached.filter(|(_, at)| at.elapsed() < WEIGHT_REFRESH) {
+        Some((w, _)) => w,
+        None => {
+            let read = Api::<Namespace>::all(ctx.client.clone()).get_opt(&namespace).await;
+            let w = match read {
+                Ok(ns) => {
+                    ns.and_then(|ns| ns.annotations().get(WEIGHT_ANNOTATION)?.parse::<f64>().ok()).filter(|w| *w > 0.0).unwrap_or(1.0)
+                }
+                Err(e) => {
+                    tracing::debug!(%namespace, error = %e, "reading the namespace's weight; using 1");
+                    1.0
+                }
+            };
+            ctx.weights.lock().expect("the lock is never poisoned. This is a bug.").insert(namespace, (w, Instant::now()));
+            w
+        }
+    };
+    Tenant { name, weight }
 }
 
 /// The batches of `batch`'s namespace.

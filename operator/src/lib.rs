@@ -5,7 +5,9 @@
 //!   Events on transitions.
 //! - [`engine`]: the task that owns the scheduler and the endpoint pool and dispatches
 //!   chunks; it reaches inference and the results store only through two traits.
-//! - [`scheduler`]: pure ordering logic: admission, priority with aging, deadlines.
+//! - [`scheduler`]: pure ordering logic: admission with reserves, weighted shares between
+//!   priority levels and tenants, deadlines, bounded aging.
+//! - [`fence`]: the leader stops once it has not seen its lease renewed within its duration.
 //! - [`autoscaler`]: queue-aware scaling of the inference Deployment (pure decisions).
 //! - [`source`]: reading texts (inline, ConfigMap, S3).
 //! - [`metrics`], [`http`]: Prometheus metrics and the health/metrics server.
@@ -14,6 +16,7 @@
 pub mod autoscaler;
 pub mod controller;
 pub mod engine;
+pub mod fence;
 pub mod http;
 pub mod metrics;
 pub mod scheduler;

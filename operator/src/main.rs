@@ -20,6 +20,7 @@ use kubesentiment_core::endpoints;
 use kubesentiment_operator::autoscaler::{self, AutoscaleArgs, Capacity, Scaler};
 use kubesentiment_operator::controller::{self, Context};
 use kubesentiment_operator::engine::{self, Engine, Wiring};
+use kubesentiment_operator::fence;
 use kubesentiment_operator::http::{self, Health};
 use kubesentiment_operator::metrics::Metrics;
 use tokio::sync::mpsc;
@@ -169,14 +170,23 @@ impl Operator {
             };
             tasks.spawn(autoscaler::run(scaler, stop.clone()));
         }
-        let mut ctx = Context::new(client, engine, cfg, stores, metrics, identity);
+        let client_for_fence = client.clone();
+        let mut ctx = Context::new(client, engine, cfg, stores, metrics, identity.clone());
         ctx.capacity = capacity;
         tasks.spawn(controller::run(Arc::new(ctx), batches, notify_rx, stop.clone()));
 
-        // Leadership lost: stop dispatching at once and exit, so the pod restarts as a standby.
+        // Leadership lost (another holder, or no renewal seen within the lease's duration):
+        // stop dispatching at once and exit, so the pod restarts as a standby.
+        let duration = Duration::from_secs(cli.lease_duration_seconds.max(2));
+        let fence = fence::Fence::new(&identity, duration, std::time::Instant::now());
+        let fenced = fence::watch(Api::namespaced(client_for_fence, &lease_ns), &cli.lease_name, fence, stop.clone());
         let lost = tokio::select! {
             _ = stop.cancelled() => false,
             _ = leading.wait_for(|l| !*l) => true,
+            why = fenced => {
+                if let Some(why) = &why { tracing::error!(%why, "leadership lost"); }
+                why.is_some()
+            }
         };
         stop.cancel();
         drop(leading);

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub autoscaler_desired: IntGauge,
     pub autoscaler_current: IntGauge,
     pub autoscaler_decisions: IntCounterVec,
+    pub tenant_queued: IntGaugeVec,
+    pub tenant_dispatched: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,6 +84,14 @@ impl Metrics {
                 "Inference replicas the operator last asked for"
             )),
             autoscaler_current: reg!(IntGauge::new("kubesentiment_autoscaler_current_replicas", "Inference replicas the Deployment has")),
+            tenant_queued: reg!(IntGaugeVec::new(
+                Opts::new("kubesentiment_tenant_queued_texts", "Texts waiting to be dispatched, per tenant (namespace[/API key])"),
+                &["tenant"]
+            )),
+            tenant_dispatched: reg!(IntCounterVec::new(
+                Opts::new("kubesentiment_tenant_dispatched_texts_total", "Texts sent to inference, per tenant"),
+                &["tenant"]
+            )),
             autoscaler_decisions: reg!(IntCounterVec::new(
                 Opts::new("kubesentiment_autoscaler_decisions_total", "Changes of the inference replicas, by reason (queue, idle, bound)"),
                 &["reason"]

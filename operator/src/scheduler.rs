@@ -1,5 +1,22 @@
-//! The order work is done in, as pure logic: admission per priority, strict priority with
-//! aging, earliest deadline first within a level, and retries with backoff.
+//! The order work is done in, as pure logic: admission per priority (with room reserved
+//! for the higher levels), weighted shares between the priority levels, fair shares
+//! between tenants within a level, earliest deadline first within a tenant, bounded
+//! aging, and retries with backoff.
+//!
+//! **Levels.** When several levels have work, each gets dispatches in proportion to its
+//! weight (stride scheduling; 6 : 3 : 1 by default), so high work waits at most a few
+//! dispatches however long the backlog below it, and low work is never starved by a
+//! steady high load. A level with no work lends its share to the others and cannot hoard
+//! it for later.
+//!
+//! **Tenants.** Within a level, each tenant (a namespace, or a REST API key's tenant
+//! inside a shared namespace) gets texts in proportion to its weight (fair queuing on
+//! texts dispatched). A tenant that arrives starts just ahead of those already queued,
+//! so one tenant's backlog never delays another's first chunk.
+//!
+//! **Aging.** A job admitted `aging` ago also competes in the level above its own, behind
+//! that level's own jobs, at most one level up: it takes the turns the higher level has
+//! no native work for, never a native job's place, and keeps its own level's turns.
 //!
 //! It knows nothing of endpoints, HTTP or where results go; the engine owns one and asks
 //! it for the next chunk whenever an endpoint has room. Time is passed in, so tests step
@@ -46,11 +63,39 @@ impl Chunk {
     }
 }
 
+/// How work is shared: the levels' weights and the aging period.
+#[derive(Clone, Debug)]
+pub struct Shares {
+    /// Dispatches per round, by level (high, medium, low); each at least 1.
+    pub level_weights: [u32; 3],
+    /// A job waiting this long also competes one level up.
+    pub aging: Duration,
+}
+
+impl Default for Shares {
+    fn default() -> Self {
+        Shares { level_weights: [6, 3, 1], aging: Duration::from_secs(10) }
+    }
+}
+
+/// Who a job belongs to, for fair shares within a level, and its weight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tenant {
+    pub name: String,
+    pub weight: f64,
+}
+
+impl Tenant {
+    pub fn new(name: impl Into<String>) -> Self {
+        Tenant { name: name.into(), weight: 1.0 }
+    }
+}
+
 struct Entry {
     priority: Priority,
+    tenant: String,
     deadline: Instant,
-    /// Since when the job has waited for a chunk to be dispatched.
-    waiting_since: Instant,
+    admitted: Instant,
     /// Work not yet dispatched; retries go first, each with its earliest time.
     pending: VecDeque<(Chunk, Instant)>,
     in_flight: usize,
@@ -58,27 +103,55 @@ struct Entry {
 
 pub struct Scheduler {
     limits: Limits,
-    /// A waiting job gains one level per `aging`.
-    aging: Duration,
+    shares: Shares,
     jobs: HashMap<JobId, Entry>,
+    /// Each level's pass in the stride schedule: the level with the lowest pass among
+    /// those with work goes next, and advances by 1/weight.
+    pass: [f64; 3],
+    /// The pass of the last dispatch: the schedule's virtual time.
+    now_pass: f64,
+    /// Per level, per tenant: texts dispatched over the tenant's weight (its virtual time).
+    vtime: [HashMap<String, f64>; 3],
+    /// Each tenant's weight, as last admitted.
+    weights: HashMap<String, f64>,
+}
+
+/// A ready job as `next` weighs it.
+struct Candidate<'a> {
+    id: &'a JobId,
+    entry: &'a Entry,
+    /// The level it competes in now: its own, or the one above when aged.
+    level: usize,
+    aged: bool,
 }
 
 impl Scheduler {
-    pub fn new(limits: Limits, aging: Duration) -> Self {
-        Scheduler { limits, aging, jobs: HashMap::new() }
+    pub fn new(limits: Limits, shares: Shares) -> Self {
+        Scheduler {
+            limits,
+            shares,
+            jobs: HashMap::new(),
+            pass: [0.0; 3],
+            now_pass: 0.0,
+            vtime: Default::default(),
+            weights: HashMap::new(),
+        }
     }
 
     pub fn contains(&self, job: &str) -> bool {
         self.jobs.contains_key(job)
     }
 
-    /// Admits a job if its priority level and the total have room. Idempotent.
-    pub fn admit(&mut self, job: &str, priority: Priority, deadline: Instant, now: Instant) -> Result<(), QueueFull> {
+    /// Admits a job of `tenant` if its priority level and the total have room (leaving
+    /// the room reserved for higher levels). Idempotent.
+    pub fn admit(&mut self, job: &str, priority: Priority, tenant: Tenant, deadline: Instant, now: Instant) -> Result<(), QueueFull> {
         if self.jobs.contains_key(job) {
             return Ok(());
         }
         self.limits.admits(admission::per_level(self.jobs.values().map(|e| e.priority)), priority)?;
-        self.jobs.insert(job.to_string(), Entry { priority, deadline, waiting_since: now, pending: VecDeque::new(), in_flight: 0 });
+        self.weights.insert(tenant.name.clone(), tenant.weight.max(0.01));
+        let entry = Entry { priority, tenant: tenant.name, deadline, admitted: now, pending: VecDeque::new(), in_flight: 0 };
+        self.jobs.insert(job.to_string(), entry);
         Ok(())
     }
 
@@ -104,22 +177,57 @@ impl Scheduler {
     }
 
     /// The next chunk to dispatch, at most `max_texts(job)` long, or `None` if nothing is
-    /// ready. Order: effective level (priority minus one per `aging` waited), then
-    /// deadline, then longest waiting.
+    /// ready: the level whose turn it is (stride over the levels' weights), within it the
+    /// tenant furthest behind its fair share, within that tenant the earliest deadline.
     pub fn next(&mut self, now: Instant, max_texts: impl Fn(&str) -> usize) -> Option<Chunk> {
-        let aging = self.aging.as_secs_f64().max(1e-3);
-        let (id, _) = self
+        let aging = self.shares.aging;
+        // Each ready job competes in its own level and, once aged, also in the one above.
+        let ready: Vec<Candidate> = self
             .jobs
             .iter()
             .filter(|(_, e)| e.pending.iter().any(|(_, at)| *at <= now))
-            .map(|(id, e)| {
-                // May go below 0 (above high): a starved job must be able to overtake,
-                // not only tie, or an earlier deadline at the higher level would win forever.
-                let aged = (now.saturating_duration_since(e.waiting_since).as_secs_f64() / aging) as i64;
-                (id, (e.priority.level() as i64 - aged, e.deadline, e.waiting_since))
+            .flat_map(|(id, e)| {
+                let own = e.priority.level();
+                let aged = own > 0 && now.saturating_duration_since(e.admitted) >= aging;
+                let above = aged.then(|| Candidate { id, entry: e, level: own - 1, aged: true });
+                std::iter::once(Candidate { id, entry: e, level: own, aged: false }).chain(above)
             })
-            .min_by_key(|(_, key)| *key)?;
-        let id = id.clone();
+            .collect();
+        if ready.is_empty() {
+            return None;
+        }
+        // The level: lowest pass among those with work, ties to the higher level.
+        let busy: [bool; 3] = std::array::from_fn(|l| ready.iter().any(|c| c.level == l));
+        let level = (0..3).filter(|l| busy[*l]).min_by(|a, b| self.pass[*a].total_cmp(&self.pass[*b]).then(a.cmp(b)))?;
+        self.now_pass = self.pass[level];
+        self.pass[level] += 1.0 / f64::from(self.shares.level_weights[level].max(1));
+        // A level without work joins at the current virtual time when work comes: it can
+        // neither spend a share it did not use nor pay for turns it took long ago.
+        for l in (0..3).filter(|l| !busy[*l]) {
+            self.pass[l] = self.now_pass;
+        }
+        // Within the level, its own jobs before those aged into it.
+        let native = ready.iter().any(|c| c.level == level && !c.aged);
+        let pool: Vec<&Candidate> = ready.iter().filter(|c| c.level == level && c.aged != native).collect();
+        // The tenant: least virtual time; one arriving now starts just ahead of the rest.
+        let vtimes = &self.vtime[level];
+        let start = pool.iter().filter_map(|c| vtimes.get(&c.entry.tenant)).fold(f64::INFINITY, |a, b| a.min(*b));
+        let start = if start.is_finite() { start - 1e-9 } else { 0.0 };
+        let vtime = |c: &Candidate| vtimes.get(&c.entry.tenant).copied().unwrap_or(start);
+        let chosen = pool
+            .iter()
+            .min_by(|a, b| {
+                vtime(a)
+                    .total_cmp(&vtime(b))
+                    .then_with(|| a.entry.tenant.cmp(&b.entry.tenant))
+                    .then_with(|| a.entry.deadline.cmp(&b.entry.deadline))
+                    .then_with(|| a.entry.admitted.cmp(&b.entry.admitted))
+                    .then_with(|| a.id.cmp(b.id))
+            })
+            .expect("the level has a candidate. This is a bug.");
+        let (id, tenant, tenant_vtime) = (chosen.id.clone(), chosen.entry.tenant.clone(), vtime(chosen));
+        drop(ready);
+
         let e = self.jobs.get_mut(&id).expect("the job was just found. This is a bug.");
         let pos = e.pending.iter().position(|(_, at)| *at <= now).expect("a ready chunk was just found. This is a bug.");
         let (mut chunk, at) = e.pending.remove(pos).expect("the position is in range. This is a bug.");
@@ -130,8 +238,22 @@ impl Scheduler {
             e.pending.insert(pos, (rest, at));
         }
         e.in_flight += 1;
-        e.waiting_since = now;
+        let weight = self.weights.get(&tenant).copied().unwrap_or(1.0);
+        self.vtime[level].insert(tenant, tenant_vtime + chunk.len() as f64 / weight);
+        self.forget_idle_tenants();
         Some(chunk)
+    }
+
+    /// Drops the fair-queue state of tenants with no job left, so the maps stay small.
+    fn forget_idle_tenants(&mut self) {
+        if self.vtime.iter().map(HashMap::len).sum::<usize>() <= 2 * self.jobs.len() + 16 {
+            return;
+        }
+        let live: std::collections::HashSet<&str> = self.jobs.values().map(|e| e.tenant.as_str()).collect();
+        for level in &mut self.vtime {
+            level.retain(|t, _| live.contains(t.as_str()));
+        }
+        self.weights.retain(|t, _| live.contains(t.as_str()));
     }
 
     /// A dispatched chunk came back (done, failed or split); pair of [`Scheduler::next`].
@@ -155,11 +277,6 @@ impl Scheduler {
         }
     }
 
-    /// A job's chunks dispatched and not yet returned.
-    pub fn in_flight(&self, job: &str) -> usize {
-        self.jobs.get(job).map_or(0, |e| e.in_flight)
-    }
-
     /// Whether an admitted job has nothing pending and nothing in flight.
     pub fn is_drained(&self, job: &str) -> bool {
         self.jobs.get(job).is_some_and(|e| e.pending.is_empty() && e.in_flight == 0)
@@ -181,119 +298,24 @@ impl Scheduler {
         out
     }
 
+    /// Texts not yet dispatched, per tenant.
+    pub fn queued_by_tenant(&self) -> HashMap<&str, usize> {
+        let mut out: HashMap<&str, usize> = HashMap::new();
+        for e in self.jobs.values() {
+            *out.entry(e.tenant.as_str()).or_default() += e.pending.iter().map(|(c, _)| c.len()).sum::<usize>();
+        }
+        out
+    }
+
+    /// The tenant of `job`.
+    pub fn tenant(&self, job: &str) -> Option<&str> {
+        self.jobs.get(job).map(|e| e.tenant.as_str())
+    }
+
     pub fn admitted(&self) -> usize {
         self.jobs.len()
     }
 }
 
 #[cfg(test)]
-// A batch's work is often one whole range.
-#[allow(clippy::single_range_in_vec_init)]
-mod tests {
-    use super::*;
-
-    fn sched(per_priority: [usize; 3], max_jobs: usize) -> Scheduler {
-        Scheduler::new(Limits { per_priority, max_jobs }, Duration::from_secs(10))
-    }
-
-    const FAR: Duration = Duration::from_secs(3600);
-
-    #[test]
-    fn a_high_batch_overtakes_twenty_low_ones_in_one_round() {
-        let t0 = Instant::now();
-        let mut s = sched([100, 500, 1000], 1000);
-        for i in 0..20 {
-            let id = format!("low-{i}");
-            s.admit(&id, Priority::Low, t0 + FAR, t0).unwrap();
-            s.enqueue(&id, [0..1000], t0);
-        }
-        // Two chunks go out before the high batch arrives…
-        assert!(s.next(t0, |_| 100).unwrap().job.starts_with("low"));
-        assert!(s.next(t0, |_| 100).unwrap().job.starts_with("low"));
-        s.admit("high", Priority::High, t0 + FAR, t0).unwrap();
-        s.enqueue("high", [0..10], t0);
-        // …and the very next dispatch is the high batch's.
-        let c = s.next(t0, |_| 100).unwrap();
-        assert_eq!((c.job.as_str(), c.range.clone()), ("high", 0..10));
-    }
-
-    #[test]
-    fn aging_lets_low_work_progress_under_steady_high_load() {
-        let t0 = Instant::now();
-        let mut s = sched([100, 500, 1000], 1000);
-        s.admit("high", Priority::High, t0 + FAR, t0).unwrap();
-        s.enqueue("high", [0..1_000_000], t0);
-        // The low batch's deadline is later, so a tie in level is not enough for it.
-        s.admit("low", Priority::Low, t0 + 2 * FAR, t0).unwrap();
-        s.enqueue("low", [0..30], t0);
-        // One chunk per second: the high batch always has work, yet low gets a turn once
-        // it has waited three aging periods (one level above high), and again after each
-        // further three.
-        let lows: Vec<u64> = (0..100)
-            .filter(|sec| {
-                let c = s.next(t0 + Duration::from_secs(*sec), |_| 10).unwrap();
-                s.returned(&c.job);
-                c.job == "low"
-            })
-            .collect();
-        assert_eq!(lows, [30, 60, 90]);
-    }
-
-    #[test]
-    fn earliest_deadline_first_within_a_level() {
-        let t0 = Instant::now();
-        let mut s = sched([100, 500, 1000], 1000);
-        for (id, secs) in [("late", 300), ("soon", 30), ("mid", 100)] {
-            s.admit(id, Priority::Medium, t0 + Duration::from_secs(secs), t0).unwrap();
-            s.enqueue(id, [0..5], t0);
-        }
-        let order: Vec<_> = (0..3).map(|_| s.next(t0, |_| 5).unwrap().job).collect();
-        assert_eq!(order, ["soon", "mid", "late"]);
-    }
-
-    #[test]
-    fn admission_limits_per_level_and_total() {
-        let t0 = Instant::now();
-        let mut s = sched([1, 2, 2], 3);
-        assert_eq!(s.admit("h1", Priority::High, t0, t0), Ok(()));
-        assert_eq!(s.admit("h2", Priority::High, t0, t0), Err(QueueFull));
-        assert_eq!(s.admit("h1", Priority::High, t0, t0), Ok(()), "admitting twice is a no-op");
-        assert_eq!(s.admit("m1", Priority::Medium, t0, t0), Ok(()));
-        assert_eq!(s.admit("l1", Priority::Low, t0, t0), Ok(()));
-        assert_eq!(s.admit("l2", Priority::Low, t0, t0), Err(QueueFull), "max_jobs");
-        s.remove("h1");
-        assert_eq!(s.admit("l2", Priority::Low, t0, t0), Ok(()));
-    }
-
-    #[test]
-    fn chunks_are_cut_to_size_and_retries_wait_their_backoff() {
-        let t0 = Instant::now();
-        let mut s = sched([100, 500, 1000], 1000);
-        s.admit("a", Priority::Medium, t0 + FAR, t0).unwrap();
-        s.enqueue("a", [0..25], t0);
-        let c = s.next(t0, |_| 10).unwrap();
-        assert_eq!(c.range, 0..10);
-        s.retry(Chunk { attempts: 1, ..c }, t0 + Duration::from_secs(1));
-        // The retry is not ready yet, so fresh work goes first.
-        assert_eq!(s.next(t0, |_| 10).unwrap().range, 10..20);
-        assert_eq!(s.next_ready_after(t0), Some(t0 + Duration::from_secs(1)));
-        let later = t0 + Duration::from_secs(1);
-        let r = s.next(later, |_| 10).unwrap();
-        assert_eq!((r.range, r.attempts), (0..10, 1));
-        assert_eq!(s.next(later, |_| 10).unwrap().range, 20..25);
-        assert_eq!(s.next(later, |_| 10), None);
-        assert!(!s.is_drained("a"));
-        for _ in 0..4 {
-            s.returned("a");
-        }
-        assert!(s.is_drained("a"));
-    }
-
-    #[test]
-    fn split_isolates_one_text() {
-        let c = Chunk { job: "a".into(), range: 4..9, attempts: 3, avoid: None };
-        let (l, r) = c.split().unwrap();
-        assert_eq!((l.range, r.range, l.attempts), (4..6, 6..9, 0));
-        assert_eq!(Chunk { range: 4..5, ..c }.split(), None);
-    }
-}
+mod tests;

@@ -37,9 +37,13 @@ impl Env {
     }
 
     pub async fn create(&self, name: &str, spec: Value) -> Result<SentimentBatch> {
+        self.create_labelled(name, json!({}), spec).await
+    }
+
+    pub async fn create_labelled(&self, name: &str, labels: Value, spec: Value) -> Result<SentimentBatch> {
         let b: SentimentBatch = serde_json::from_value(json!({
             "apiVersion": "kubesentiment.io/v1alpha1", "kind": "SentimentBatch",
-            "metadata": {"name": name}, "spec": spec,
+            "metadata": {"name": name, "labels": labels}, "spec": spec,
         }))?;
         Ok(self.batches().create(&PostParams::default(), &b).await?)
     }
@@ -78,7 +82,9 @@ impl Env {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
-    /// The result lines of a finished batch with ConfigMap output, read through its manifest.
+    /// The result lines of a finished batch with ConfigMap output, read through its
+    /// manifest: of each part, the lines in its `start..end` (a part's file can hold more
+    /// when two leaders overlapped).
     pub async fn results(&self, batch: &SentimentBatch) -> Vec<Value> {
         let location = batch.status.as_ref().and_then(|s| s.results_location.clone()).expect("a results location");
         let cms: Api<ConfigMap> = self.ns.api();
@@ -91,7 +97,10 @@ impl Env {
         let mut lines = Vec::new();
         for part in &manifest.parts {
             for l in cm_data(&part.location, "results.jsonl").await.lines() {
-                lines.push(serde_json::from_str::<Value>(l).unwrap());
+                let line = serde_json::from_str::<Value>(l).unwrap();
+                if (part.start..part.end).contains(&(line["index"].as_u64().unwrap() as usize)) {
+                    lines.push(line);
+                }
             }
         }
         lines

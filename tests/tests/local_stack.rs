@@ -91,7 +91,7 @@ async fn up_registers_restarts_and_down_cleans_up() {
     assert_eq!(location, "configmap://default/brief-results");
     let manifest = kubectl(&["get", "configmap", "brief-results", "-o", "jsonpath={.data.manifest\\.json}"]);
     assert!(manifest.contains("\"totalTexts\": 3"), "{manifest}");
-    let part = kubectl(&["get", "configmap", "brief-part-0000000", "-o", "jsonpath={.data.results\\.jsonl}"]);
+    let part = kubectl(&["get", "configmap", "brief-part-0000000-0000003", "-o", "jsonpath={.data.results\\.jsonl}"]);
     let labels: Vec<_> = part.lines().map(|l| l.split("\"label\":\"").nth(1).unwrap().split('"').next().unwrap()).collect();
     assert_eq!(labels, ["POSITIVE", "NEGATIVE", "NEUTRAL"]);
 

@@ -134,7 +134,7 @@ pub async fn run(shared: &Shared, tx: &mpsc::Sender<Command>, a: &Attempt) -> (O
             ResultLine { index, id: item.id.clone(), prediction: Some(PredictionResult { cached, ..r.clone() }), error: None }
         })
         .collect();
-    (commit(a.sink.as_ref(), &a.stop, Part { start: a.range.start, lines }).await, true)
+    (commit(a.sink.as_ref(), &a.stop, Part::new(a.range.start, lines)).await, true)
 }
 
 /// Writes a chunk's part, unless its batch has stopped; the chunk is done only if this

@@ -37,7 +37,7 @@ pub use self::chunk::Outcome;
 use self::chunk::{Attempt, Shared};
 use self::pool::Pool;
 use crate::metrics::Metrics;
-use crate::scheduler::{Chunk, JobId, QueueFull, Scheduler};
+use crate::scheduler::{Chunk, JobId, QueueFull, Scheduler, Shares, Tenant};
 use crate::source::Item;
 
 /// How long one request to an inference endpoint may take.
@@ -95,6 +95,7 @@ pub struct Progress {
     pub fatal: Option<(&'static str, String)>,
     /// Suspended: no new chunk goes out; these are still in flight.
     pub suspended: bool,
+    /// Its chunk tasks not yet returned (after a halt, until each has seen the stop).
     pub in_flight: usize,
     /// Its deadline passed before every text had a result; its work has stopped.
     pub expired: bool,
@@ -121,6 +122,7 @@ pub(crate) enum Command {
     Admit {
         id: JobId,
         priority: Priority,
+        tenant: Tenant,
         deadline: Instant,
         reply: oneshot::Sender<Result<(), QueueFull>>,
     },
@@ -189,7 +191,10 @@ impl Engine {
             .time_to_live(Duration::from_secs(cfg.cache_ttl_seconds.max(1)))
             .build();
         let state = State {
-            sched: Scheduler::new(cfg.admission(), Duration::from_secs(cfg.aging_seconds)),
+            sched: Scheduler::new(
+                cfg.admission(),
+                Shares { level_weights: cfg.level_weights(), aging: Duration::from_secs(cfg.aging_seconds) },
+            ),
             pool: Pool::new(cfg.workers),
             jobs: HashMap::new(),
             shared: Arc::new(Shared { predictor: w.predictor, cache, served_model: RwLock::new(None), metrics: w.metrics }),
@@ -211,9 +216,10 @@ impl Engine {
         rx.await.ok()
     }
 
-    /// Reserves an admission slot; `Err(QueueFull)` when the batch's level or the total is full.
-    pub async fn admit(&self, id: &str, priority: Priority, deadline: Instant) -> Result<(), QueueFull> {
-        self.ask(|reply| Command::Admit { id: id.to_string(), priority, deadline, reply }).await.unwrap_or(Err(QueueFull))
+    /// Reserves an admission slot for a batch of `tenant`; `Err(QueueFull)` when the
+    /// batch's level or the total is full.
+    pub async fn admit(&self, id: &str, priority: Priority, tenant: Tenant, deadline: Instant) -> Result<(), QueueFull> {
+        self.ask(|reply| Command::Admit { id: id.to_string(), priority, tenant, deadline, reply }).await.unwrap_or(Err(QueueFull))
     }
 
     pub async fn start_job(&self, job: JobStart) {
@@ -259,6 +265,10 @@ struct Job {
     suspended: bool,
     /// Cancelled when the job stops; its chunks commit nothing after that.
     stop: CancellationToken,
+    /// Its chunk tasks not yet returned, whether or not the scheduler still holds it:
+    /// the controller writes a final status only once this is zero, so no part lands
+    /// after it.
+    outstanding: usize,
 }
 
 struct State {
@@ -314,8 +324,8 @@ impl State {
     fn handle(&mut self, cmd: Command) {
         let now = now();
         match cmd {
-            Command::Admit { id, priority, deadline, reply } => {
-                let _ = reply.send(self.sched.admit(&id, priority, deadline, now));
+            Command::Admit { id, priority, tenant, deadline, reply } => {
+                let _ = reply.send(self.sched.admit(&id, priority, tenant, deadline, now));
             }
             Command::Start(job) => {
                 if !self.sched.contains(&job.id) || self.jobs.contains_key(&job.id) {
@@ -325,7 +335,17 @@ impl State {
                 let id = job.id.clone();
                 let tally = job.committed.clone();
                 let stop = self.stop.child_token();
-                let job = Job { start: *job, tally, began: now, done_here: 0, fatal: None, expired: false, suspended: false, stop };
+                let job = Job {
+                    start: *job,
+                    tally,
+                    began: now,
+                    done_here: 0,
+                    fatal: None,
+                    expired: false,
+                    suspended: false,
+                    stop,
+                    outstanding: 0,
+                };
                 self.jobs.insert(id.clone(), job);
                 self.notify_if_done(&id);
             }
@@ -337,7 +357,7 @@ impl State {
                     fatal: j.fatal.clone(),
                     expired: j.expired,
                     suspended: j.suspended,
-                    in_flight: self.sched.in_flight(&id),
+                    in_flight: j.outstanding,
                     waiting_for_capacity: self.pool.ready() == 0 && !self.sched.is_drained(&id),
                     eta_seconds: eta(j, now),
                 }));
@@ -382,9 +402,8 @@ impl State {
         }
         // The attempt is over whatever happens next (a give-up holds the chunk again).
         self.sched.returned(&chunk.job);
-        if !self.jobs.contains_key(&chunk.job) {
-            return;
-        }
+        let Some(job) = self.jobs.get_mut(&chunk.job) else { return };
+        job.outstanding -= 1;
         let retries = &self.shared.metrics.retries;
         match outcome {
             Outcome::Committed(tally) => {
@@ -451,7 +470,8 @@ impl State {
 
     /// Commits `chunk`'s texts as failed with `why`.
     fn give_up(&mut self, chunk: Chunk, why: String, reason: &str) {
-        let job = &self.jobs[&chunk.job];
+        let job = self.jobs.get_mut(&chunk.job).expect("a job's chunk came back. This is a bug.");
+        job.outstanding += 1;
         let lines: Vec<ResultLine> = chunk
             .range
             .clone()
@@ -460,7 +480,7 @@ impl State {
         self.shared.metrics.item_failures.with_label_values(&[reason]).inc_by(lines.len() as u64);
         let (sink, stop, tx) = (job.start.sink.clone(), job.stop.clone(), self.tx.clone());
         self.tasks.spawn(async move {
-            let outcome = chunk::commit(sink.as_ref(), &stop, Part { start: chunk.range.start, lines }).await;
+            let outcome = chunk::commit(sink.as_ref(), &stop, Part::new(chunk.range.start, lines)).await;
             let _ = tx.send(Command::Returned { chunk, endpoint: None, outcome }).await;
         });
     }
@@ -501,9 +521,13 @@ impl State {
                 Some(bad) if *bad == url => self.pool.other_than(bad, now).unwrap_or(url),
                 _ => url,
             };
-            let job = self.jobs.get(&chunk.job).expect("the scheduler only holds work of started jobs. This is a bug.");
+            let job = self.jobs.get_mut(&chunk.job).expect("the scheduler only holds work of started jobs. This is a bug.");
+            job.outstanding += 1;
             self.pool.take(&url, chunk.len());
             self.shared.metrics.chunk_texts.observe(chunk.len() as f64);
+            if let Some(tenant) = self.sched.tenant(&chunk.job) {
+                self.shared.metrics.tenant_dispatched.with_label_values(&[tenant]).inc_by(chunk.len() as u64);
+            }
             let attempt = Attempt {
                 url,
                 range: chunk.range.clone(),
@@ -528,6 +552,10 @@ impl State {
             m.queued_texts.with_label_values(&[p.as_str()]).set(texts as i64);
         }
         m.jobs_active.set(self.sched.admitted() as i64);
+        m.tenant_queued.reset();
+        for (tenant, texts) in self.sched.queued_by_tenant() {
+            m.tenant_queued.with_label_values(&[tenant]).set(texts as i64);
+        }
         for (u, n) in self.pool.in_flight() {
             m.in_flight.with_label_values(&[u]).set(n as i64);
         }

@@ -85,6 +85,8 @@ impl Predict for FakePool {
 struct FakeSink {
     parts: Mutex<Vec<Part>>,
     fail_first: AtomicUsize,
+    /// While it holds false, commits wait (a slow store).
+    gate: Option<watch::Receiver<bool>>,
 }
 
 #[async_trait::async_trait]
@@ -92,6 +94,9 @@ impl ResultSink for FakeSink {
     async fn commit(&self, part: &Part) -> Result<(), BoxError> {
         if self.fail_first.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
             return Err("the store is unwritable".into());
+        }
+        if let Some(mut gate) = self.gate.clone() {
+            let _ = gate.wait_for(|open| *open).await;
         }
         self.parts.lock().unwrap().push(part.clone());
         Ok(())
@@ -143,7 +148,7 @@ impl Harness {
     /// Admits and starts a job over `texts`, due within `within`.
     async fn start(&self, id: &str, texts: Arc<Vec<Item>>, sink: Arc<FakeSink>, within: Duration) {
         let deadline = now() + within;
-        self.engine.admit(id, Priority::Medium, deadline).await.unwrap();
+        self.engine.admit(id, Priority::Medium, Tenant::new("t"), deadline).await.unwrap();
         let job = JobStart {
             id: id.into(),
             object: ObjectRef::new(id).within("test"),
@@ -351,7 +356,7 @@ async fn a_model_other_than_the_batch_asks_for_fails_it() {
     let (pool, _gate) = FakePool::new();
     let h = harness(cfg(), pool, &["http://a"]);
     let sink = Arc::new(FakeSink::default());
-    h.engine.admit("job", Priority::High, now() + Duration::from_secs(60)).await.unwrap();
+    h.engine.admit("job", Priority::High, Tenant::new("t"), now() + Duration::from_secs(60)).await.unwrap();
     let texts = items(distinct(10));
     let job = JobStart {
         id: "job".into(),
@@ -395,11 +400,12 @@ async fn admission_is_limited_per_priority_and_freed_on_remove() {
     let (pool, _gate) = FakePool::new();
     let h = harness(AsyncBatch { priority_high_limit: 1, ..cfg() }, pool, &["http://a"]);
     let later = now() + Duration::from_secs(60);
-    assert_eq!(h.engine.admit("a", Priority::High, later).await, Ok(()));
-    assert_eq!(h.engine.admit("b", Priority::High, later).await, Err(QueueFull));
-    assert_eq!(h.engine.admit("c", Priority::Low, later).await, Ok(()));
+    let t = || Tenant::new("t");
+    assert_eq!(h.engine.admit("a", Priority::High, t(), later).await, Ok(()));
+    assert_eq!(h.engine.admit("b", Priority::High, t(), later).await, Err(QueueFull));
+    assert_eq!(h.engine.admit("c", Priority::Low, t(), later).await, Ok(()));
     h.engine.remove("a").await;
-    assert_eq!(h.engine.admit("b", Priority::High, later).await, Ok(()));
+    assert_eq!(h.engine.admit("b", Priority::High, t(), later).await, Ok(()));
     h.shut_down().await;
 }
 
@@ -417,4 +423,50 @@ async fn shutdown_drains_every_task() {
     assert!(tasks.len() >= 2, "the engine and a chunk task");
     h.shut_down().await;
     assert!(tasks.is_empty());
+}
+
+/// A halted batch (cancel, expiry, delete) counts its chunks in flight until each has
+/// seen the stop, so the controller's final write comes after every part; a chunk
+/// hanging on its endpoint is abandoned at once and commits nothing.
+#[tokio::test(start_paused = true)]
+async fn a_halted_batch_reports_its_chunks_until_they_return_and_commits_nothing() {
+    let (pool, gate) = FakePool::new();
+    gate.send_replace(false);
+    let h = harness(AsyncBatch { max_batch_size: 10, ..cfg() }, pool.clone(), &["http://a"]);
+    let sink = Arc::new(FakeSink::default());
+    h.start("job", items(distinct(500)), sink.clone(), Duration::from_secs(600)).await;
+    while pool.calls().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(h.engine.progress("job").await.unwrap().in_flight, 2);
+    h.engine.halt("job").await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let p = h.engine.progress("job").await.unwrap();
+    assert_eq!(p.in_flight, 0, "the hanging chunks returned on the stop: {p:?}");
+    gate.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(sink.indices().is_empty(), "nothing is committed after the halt");
+    assert_eq!(pool.calls().len(), 2, "no new chunk is sent");
+    h.shut_down().await;
+}
+
+/// A part already being written when its batch expires still counts as in flight until
+/// the write returns: the final status, written after, sees it.
+#[tokio::test(start_paused = true)]
+async fn a_part_being_written_at_expiry_is_waited_for() {
+    let (pool, _gate) = FakePool::new();
+    let h = harness(AsyncBatch { workers: 1, max_batch_size: 10, ..cfg() }, pool.clone(), &["http://a"]);
+    let (store_gate, held) = watch::channel(false);
+    let sink = Arc::new(FakeSink { gate: Some(held), ..FakeSink::default() });
+    h.start("job", items(distinct(100)), sink.clone(), Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = h.engine.progress("job").await.unwrap();
+    // The endpoint is free once it answered, so several parts wait on the store.
+    let writing = p.in_flight;
+    assert!(p.expired && writing > 0, "the commits are still under way: {p:?}");
+    store_gate.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let p = h.engine.progress("job").await.unwrap();
+    assert_eq!((p.in_flight, sink.indices().len()), (0, 10 * writing), "{p:?}");
+    h.shut_down().await;
 }
