@@ -3,7 +3,8 @@
 //!
 //! The backlogs are built while no inference endpoint is registered, so every batch is
 //! admitted and waiting when the first endpoint appears: what goes first is then the
-//! scheduler's choice alone, not the order the test happened to create batches in.
+//! scheduler's choice alone, not the order the test happened to create batches in. What
+//! went first is read from the operator's own metrics, polled as the endpoint appears.
 
 use std::time::{Duration, Instant};
 
@@ -12,17 +13,11 @@ use kube::api::ListParams;
 use kubesentiment_core::crd::Phase;
 use kubesentiment_core::names::{BATCH_UID_LABEL, RESULTS_KIND_LABEL, TENANT_LABEL};
 use kubesentiment_tests::batches::{Env, condition, env, status};
-use kubesentiment_tests::stack::{Inference, operator, register};
+use kubesentiment_tests::stack::{Inference, Proc, operator, register};
 use kubesentiment_tests::{eventually, texts};
 use serde_json::json;
 
-/// Batches of `env` in phase Succeeded whose name starts with `prefix`.
-async fn succeeded(env: &Env, prefix: &str) -> usize {
-    let all = env.batches().list(&ListParams::default()).await.unwrap().items;
-    all.iter().filter(|b| b.metadata.name.as_deref().is_some_and(|n| n.starts_with(prefix)) && b.phase() == Phase::Succeeded).count()
-}
-
-/// Waits until every batch of `env` is admitted and waiting for an endpoint.
+/// Waits until `n` batches of `env` are admitted and waiting for an endpoint.
 async fn all_waiting(env: &Env, n: usize) {
     eventually(Duration::from_secs(180), "every batch admitted and waiting for capacity", || {
         let api = env.batches();
@@ -36,28 +31,61 @@ async fn all_waiting(env: &Env, n: usize) {
     .unwrap();
 }
 
+/// Polls the operator's metrics every 20 ms until `done(page)` gives a value.
+async fn watch_metrics<T>(op: &Proc, done: impl Fn(&str) -> Option<T>) -> T {
+    let addr = op.output().split("listening on ").nth(1).and_then(|a| a.split_whitespace().next()).unwrap().to_string();
+    let began = Instant::now();
+    loop {
+        let page = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+        if let Some(v) = done(&page) {
+            return v;
+        }
+        assert!(began.elapsed() < Duration::from_secs(120), "the awaited dispatch never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of one series (`name{labels}`) on a metrics page.
+fn series(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
 #[tokio::test]
 async fn a_high_batch_overtakes_five_hundred_queued_low_ones() {
     let Some(env) = env("backlog").await else { return };
     let inf = Inference::start(&[]).unwrap();
-    let _op = operator(env.cluster, &env.ns.name, &["--workers", "1"], &[]).unwrap();
-    let lows = 500;
+    let op = operator(env.cluster, &env.ns.name, &["--workers", "1"], &[]).unwrap();
+    let (lows, each) = (500, 40);
+    let created = Instant::now();
     for i in 0..lows {
-        env.create(&format!("low-{i}"), json!({"texts": texts(40, &format!("low-{i}")), "priority": "low", "maxBatchSize": 20}))
+        env.create(&format!("low-{i}"), json!({"texts": texts(each, &format!("low-{i}")), "priority": "low", "maxBatchSize": 20}))
             .await
             .unwrap();
     }
+    all_waiting(&env, lows).await;
+    // The lows wait long enough for aging to lift them as far as it may (25 s is two and
+    // a half aging periods: uncapped aging would put them level with a new high batch,
+    // and ahead of it by their earlier deadlines); then the high batch arrives.
+    tokio::time::sleep(Duration::from_secs(25).saturating_sub(created.elapsed())).await;
     env.create("urgent", json!({"texts": texts(10, "urgent"), "priority": "high"})).await.unwrap();
     all_waiting(&env, lows + 1).await;
     let began = Instant::now();
     register(&env.ns, &[inf.port]).await.unwrap();
+    let lows_before = watch_metrics(&op, |page| {
+        let high = series(page, "kubesentiment_queued_texts{priority=\"high\"}")?;
+        let low = series(page, "kubesentiment_queued_texts{priority=\"low\"}")?;
+        (high == 0.0).then(|| (lows * each) as f64 - low)
+    })
+    .await;
+    let dispatched = began.elapsed();
     env.phase("urgent", Phase::Succeeded).await;
-    let took = began.elapsed();
-    let lows_done = succeeded(&env, "low-").await;
-    eprintln!("high batch behind {lows} lows: Succeeded {took:?} after the endpoint appeared, {lows_done} lows done by then");
-    // Its chunk is the first or second dispatch. The lows finish meanwhile only while its
-    // end is written (about 100 lows a second here); ahead of it, all 500 would.
-    assert!(lows_done < lows / 5, "{lows_done} low batches finished first");
+    eprintln!(
+        "high batch behind {lows} lows: dispatched after {lows_before} low texts, {dispatched:?} after the endpoint appeared; Succeeded after {:?}",
+        began.elapsed()
+    );
+    // Its chunk is the first or second dispatch; the rest went out while the metrics
+    // were polled (every 20 ms). With aging uncapped, thousands would go first.
+    assert!(lows_before <= 200.0, "{lows_before} low texts were dispatched before the high batch's");
 }
 
 #[tokio::test]
@@ -71,22 +99,11 @@ async fn one_tenants_three_hundred_batches_do_not_hold_back_anothers_one() {
     }
     env.create_labelled("b-0", json!({TENANT_LABEL: "team-b"}), json!({"texts": texts(20, "b"), "maxBatchSize": 20})).await.unwrap();
     all_waiting(&env, 301).await;
-    let addr = op.output().split("listening on ").nth(1).and_then(|a| a.split_whitespace().next()).unwrap().to_string();
     let dispatched = |tenant: &str| format!("kubesentiment_tenant_dispatched_texts_total{{tenant=\"{}/{tenant}\"}}", env.ns.name);
     let (a, b) = (dispatched("team-a"), dispatched("team-b"));
-    register(&env.ns, &[inf.port]).await.unwrap();
-    // The operator's own count of texts dispatched per tenant, read as soon as team b's
-    // 20 went out.
-    let value = |page: &str, series: &str| page.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
     let began = Instant::now();
-    let a_before_b = loop {
-        let page = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
-        if value(&page, &b) >= 20.0 {
-            break value(&page, &a);
-        }
-        assert!(began.elapsed() < Duration::from_secs(120), "team b's batch was never dispatched");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    register(&env.ns, &[inf.port]).await.unwrap();
+    let a_before_b = watch_metrics(&op, |page| (series(page, &b)? >= 20.0).then(|| series(page, &a).unwrap_or(0.0))).await;
     eprintln!("team b's 20 texts dispatched after {a_before_b} of team a's ({:?} after the endpoint appeared)", began.elapsed());
     // Within one round: team b's chunk is the first or second dispatch; the rest is what
     // went out while the metrics were polled (every 20 ms). Behind the backlog it would

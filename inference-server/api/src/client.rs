@@ -11,9 +11,13 @@ use crate::{ErrorBody, PredictRequest, PredictResponse, PredictionResult};
 /// Why a predict call did not give one result per text.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PredictError {
-    /// Not reached, or no (whole) answer: the endpoint, not the texts, is at fault.
+    /// Not reached (no connection): the endpoint, not the texts, is at fault.
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// Sent, and then no whole answer (connection reset, the server gone, a timeout): the
+    /// texts may have crashed or hung the server, so they share the blame.
+    #[error("lost: {0}")]
+    Lost(String),
     /// 429 or 503: the endpoint shed load; try again shortly.
     #[error("busy ({status})")]
     Busy { status: u16, retry_after: Option<Duration> },
@@ -61,7 +65,7 @@ impl Predict for HttpPredictor {
             .json(&body)
             .send()
             .await
-            .map_err(|e| PredictError::Unreachable(e.to_string()))?;
+            .map_err(|e| if e.is_connect() { PredictError::Unreachable(e.to_string()) } else { PredictError::Lost(e.to_string()) })?;
         let status = resp.status().as_u16();
         if status == 429 || status == 503 {
             let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).map(Duration::from_secs);
@@ -74,8 +78,7 @@ impl Predict for HttpPredictor {
             };
             return Err(PredictError::Rejected { status, message });
         }
-        let results =
-            resp.json::<PredictResponse>().await.map_err(|e| PredictError::Unreachable(format!("reading the answer: {e}")))?.results;
+        let results = resp.json::<PredictResponse>().await.map_err(|e| PredictError::Lost(format!("reading the answer: {e}")))?.results;
         if results.len() != texts.len() {
             return Err(PredictError::BadAnswer(format!("{} results for {} texts", results.len(), texts.len())));
         }
@@ -177,6 +180,23 @@ mod tests {
         assert!(matches!(c.predict(&url, &texts("short")).await, Err(PredictError::BadAnswer(_))));
         // Nothing listens on port 1.
         assert!(matches!(c.predict("http://127.0.0.1:1", &texts("bad")).await, Err(PredictError::Unreachable(_))));
+    }
+
+    /// A server that takes the request and dies before answering: the texts share the
+    /// blame (`Lost`), unlike a server that was never reached.
+    #[tokio::test]
+    async fn a_connection_lost_after_sending_is_lost_not_unreachable() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            drop(conn);
+        });
+        let got = HttpPredictor::new(Duration::from_secs(5)).predict(&url, &["crash".to_string()]).await;
+        assert!(matches!(got, Err(PredictError::Lost(_))), "{got:?}");
     }
 
     #[tokio::test]

@@ -23,8 +23,10 @@ use crate::source::Item;
 pub enum Outcome {
     /// Results (or give-up errors) are in the store.
     Committed(Tally),
-    /// The endpoint could not be reached or did not answer.
+    /// The endpoint could not be reached.
     Unreachable(String),
+    /// The request was sent and its answer lost (reset, crash, timeout).
+    Lost(String),
     /// The endpoint shed load (429/503).
     Busy,
     /// The endpoint answered with an error: possibly a text it cannot take.
@@ -98,6 +100,7 @@ pub async fn run(shared: &Shared, tx: &mpsc::Sender<Command>, a: &Attempt) -> (O
         let results = match answer {
             Ok(r) => r,
             Err(PredictError::Unreachable(why)) => return (Outcome::Unreachable(why), false),
+            Err(PredictError::Lost(why)) => return (Outcome::Lost(why), false),
             Err(PredictError::Busy { .. }) => return (Outcome::Busy, false),
             Err(PredictError::Rejected { message, .. } | PredictError::BadAnswer(message)) => return (Outcome::Rejected(message), false),
         };

@@ -437,24 +437,38 @@ impl State {
                 let at = now + RETRY.delay(chunk.attempts);
                 self.sched.retry(Chunk { attempts: chunk.attempts + 1, ..chunk }, at);
             }
-            Outcome::Rejected(why) => {
-                retries.inc();
-                if let Some((left, right)) = chunk.split() {
-                    // Halve until the failing text is alone; the others go through.
-                    self.sched.retry(right, now);
-                    self.sched.retry(left, now);
-                } else if chunk.attempts + 1 < self.max_retries {
-                    let at = now + RETRY.delay(chunk.attempts);
-                    self.sched.retry(Chunk { attempts: chunk.attempts + 1, avoid: endpoint, ..chunk }, at);
-                } else {
-                    // Dead-lettered: the failure is committed like a result, so it is
-                    // counted once and survives a restart. The chunk stays in flight
-                    // until then.
-                    self.sched.hold(&chunk.job);
-                    self.give_up(chunk, why, "inference_error");
-                }
+            Outcome::Lost(why) => {
+                // Sent, then the answer was lost: the server may have died on one of
+                // these texts. The endpoint rests, and the texts pay an attempt as for an
+                // error answer, so a text that kills servers is isolated by halving and
+                // dead-lettered after `max_retries`, while the rest of the pool works on.
+                let url = endpoint.clone().unwrap_or_default();
+                tracing::warn!(endpoint = %url, %why, texts = chunk.len(), "answer lost");
+                self.pool.unreachable(&url, now);
+                self.isolate(chunk, endpoint, why, now);
             }
+            Outcome::Rejected(why) => self.isolate(chunk, endpoint, why, now),
             Outcome::Fatal(why) => self.fail(&chunk.job, "ModelMismatch", why),
+        }
+    }
+
+    /// A chunk that failed in a way that may be its texts' fault: halved until the
+    /// failing text is alone, which is retried `max_retries` times and then committed as
+    /// a failed line.
+    fn isolate(&mut self, chunk: Chunk, endpoint: Option<String>, why: String, now: Instant) {
+        self.shared.metrics.retries.inc();
+        if let Some((left, right)) = chunk.split() {
+            // Halve until the failing text is alone; the others go through.
+            self.sched.retry(right, now);
+            self.sched.retry(left, now);
+        } else if chunk.attempts + 1 < self.max_retries {
+            let at = now + RETRY.delay(chunk.attempts);
+            self.sched.retry(Chunk { attempts: chunk.attempts + 1, avoid: endpoint, ..chunk }, at);
+        } else {
+            // Dead-lettered: the failure is committed like a result, so it is counted
+            // once and survives a restart. The chunk stays in flight until then.
+            self.sched.hold(&chunk.job);
+            self.give_up(chunk, why, "inference_error");
         }
     }
 

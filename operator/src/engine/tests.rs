@@ -13,8 +13,8 @@ use kubesentiment_core::store::Part;
 
 use super::*;
 
-/// An inference pool in memory: endpoints that answer, are unreachable, shed load, or
-/// refuse a poison text; every call is recorded.
+/// An inference pool in memory: endpoints that answer, are unreachable, shed load,
+/// refuse a poison text or die on a crashing one; every call is recorded.
 struct FakePool {
     model: String,
     calls: Mutex<Vec<(String, Vec<String>)>>,
@@ -58,6 +58,10 @@ impl Predict for FakePool {
         }
         if self.busy_first.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
             return Err(PredictError::Busy { status: 429, retry_after: None });
+        }
+        if texts.iter().any(|t| t.contains("CRASH")) {
+            // The server dies on this text: the request was sent, the answer never comes.
+            return Err(PredictError::Lost("connection reset by peer".into()));
         }
         if texts.iter().any(|t| t.contains("POISON")) {
             return Err(PredictError::Rejected { status: 500, message: "injected failure".into() });
@@ -218,6 +222,27 @@ async fn a_failing_text_is_isolated_by_halving_and_dead_lettered() {
     exactly_once(&sink, 200);
     assert_eq!(sink.failed(), [(77, "injected failure".to_string())]);
     let alone = pool.calls().iter().filter(|(_, t)| t.len() == 1 && t[0].contains("POISON")).count();
+    assert_eq!(alone, 3, "the text alone is tried max_retries times");
+    h.shut_down().await;
+}
+
+/// A text that kills the server it is sent to costs attempts like an error answer: it
+/// is isolated by halving and dead-lettered after `max_retries`, and every other text
+/// succeeds, rather than the batch retrying it on every endpoint until its deadline.
+#[tokio::test(start_paused = true)]
+async fn a_text_that_crashes_servers_is_isolated_and_dead_lettered() {
+    let (pool, _gate) = FakePool::new();
+    let h = harness(cfg(), pool.clone(), &["http://a", "http://b"]);
+    let sink = Arc::new(FakeSink::default());
+    let mut texts = distinct(2000);
+    texts[1234] = "CRASH the server".into();
+    h.start("job", items(texts), sink.clone(), Duration::from_secs(600)).await;
+    let p = h.settle("job").await;
+    assert!(p.done && !p.expired && p.tally.ok == 1999 && p.tally.failed == 1, "{p:?}");
+    exactly_once(&sink, 2000);
+    let failed = sink.failed();
+    assert!(failed.len() == 1 && failed[0].0 == 1234 && failed[0].1.contains("connection reset"), "{failed:?}");
+    let alone = pool.calls().iter().filter(|(_, t)| t.len() == 1 && t[0].contains("CRASH")).count();
     assert_eq!(alone, 3, "the text alone is tried max_retries times");
     h.shut_down().await;
 }
