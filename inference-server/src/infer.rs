@@ -7,6 +7,10 @@
 //! [`InferError::QueueFull`]. Shutdown needs no signal of its own: when the last
 //! [`Infer`] handle is dropped, the queue drains, the batch channel closes and the
 //! threads finish what they hold and exit.
+//!
+//! Faults stay with the text that causes them: a forward pass that fails (or panics) is
+//! run again text by text, so only the failing text gets the error and the other
+//! requests that shared the pass get their results; the thread lives on.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -42,11 +46,36 @@ pub struct BatcherConfig {
     /// Inference threads, each with its own ONNX session.
     #[arg(long, env = "INFERENCE_WORKERS", default_value_t = 1)]
     pub workers: usize,
+    /// Test-only fault injection: a forward pass holding a text that contains this
+    /// string fails as `--fault` says. The fault-isolation tests use it; never set it in
+    /// production.
+    #[arg(long, hide = true)]
+    pub fail_on: Option<String>,
+    /// What a pass holding the `--fail-on` text does: `fail` (a model error), `panic`
+    /// (the inference thread panics) or `abort` (the process dies, as a crash would).
+    #[arg(long, hide = true, value_enum, default_value_t = Fault::Fail)]
+    pub fault: Fault,
+}
+
+/// An injected fault: see [`BatcherConfig::fail_on`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    Fail,
+    Panic,
+    Abort,
 }
 
 impl Default for BatcherConfig {
     fn default() -> Self {
-        Self { max_batch_texts: 64, max_batch_tokens: 1024, max_wait_ms: 5, max_queued_texts: 8192, workers: 1 }
+        Self {
+            max_batch_texts: 64,
+            max_batch_tokens: 1024,
+            max_wait_ms: 5,
+            max_queued_texts: 8192,
+            workers: 1,
+            fail_on: None,
+            fault: Fault::Fail,
+        }
     }
 }
 
@@ -71,6 +100,8 @@ pub enum InferError {
 /// One queued text.
 struct Entry {
     encoded: Encoded,
+    /// It holds the `--fail-on` string.
+    faulty: bool,
     reply: oneshot::Sender<Result<Prediction, ModelError>>,
     enqueued: Instant,
     span: Span,
@@ -84,6 +115,7 @@ pub struct Infer {
     permits: Arc<Semaphore>,
     encoder: Arc<TextEncoder>,
     max_queued: usize,
+    fail_on: Option<Arc<str>>,
 }
 
 /// The inference threads; [`Workers::join`] waits for them after the last [`Infer`] is gone.
@@ -120,6 +152,7 @@ impl Infer {
         for i in 0..cfg.workers.max(1) {
             let mut classifier = model.classifier()?;
             let (idle_tx, metrics, warm, warmup) = (idle_tx.clone(), metrics.clone(), warm.clone(), warmup.clone());
+            let fault = cfg.fault;
             let thread = std::thread::Builder::new()
                 .name(format!("inference-{i}"))
                 .spawn(move || {
@@ -132,7 +165,7 @@ impl Infer {
                             break;
                         }
                         let Ok(batch) = take.blocking_recv() else { break };
-                        run_batch(&mut classifier, batch, &metrics);
+                        run_batch(&mut classifier, batch, &metrics, fault);
                     }
                 })
                 .map_err(|e| ModelError::Runtime(format!("spawning an inference thread: {e}")))?;
@@ -149,6 +182,7 @@ impl Infer {
             permits: Arc::new(Semaphore::new(cfg.max_queued_texts.max(1))),
             encoder: model.encoder.clone(),
             max_queued: cfg.max_queued_texts.max(1),
+            fail_on: cfg.fail_on.as_deref().map(Arc::from),
         };
         Ok((infer, Workers { threads, ready }))
     }
@@ -164,6 +198,7 @@ impl Infer {
             Err(TryAcquireError::NoPermits) => return Err(InferError::QueueFull),
             Err(TryAcquireError::Closed) => return Err(InferError::ShuttingDown),
         };
+        let faulty: Vec<bool> = texts.iter().map(|t| self.fail_on.as_deref().is_some_and(|m| t.contains(m))).collect();
         let encoder = self.encoder.clone();
         let encoded = tokio::task::spawn_blocking(move || encoder.encode_all(&texts))
             .await
@@ -172,10 +207,10 @@ impl Infer {
             return Err(InferError::TooLong { index, tokens: e.len(), max: self.encoder.max_length() });
         }
         let mut replies = Vec::with_capacity(encoded.len());
-        for encoded in encoded {
+        for (encoded, faulty) in encoded.into_iter().zip(faulty) {
             let (reply, rx) = oneshot::channel();
             let _permit = permit.split(1).expect("one permit is held per text. This is a bug.");
-            let entry = Entry { encoded, reply, enqueued: Instant::now(), span: Span::current(), _permit };
+            let entry = Entry { encoded, faulty, reply, enqueued: Instant::now(), span: Span::current(), _permit };
             self.tx.send(entry).await.map_err(|_| InferError::ShuttingDown)?;
             replies.push(rx);
         }
@@ -234,18 +269,39 @@ async fn batcher(
     }
 }
 
-/// One forward pass on an inference thread; every waiter gets its answer.
-fn run_batch(classifier: &mut crate::model::Classifier, batch: Vec<Entry>, metrics: &Metrics) {
+/// One forward pass, with a panic caught as a model error (the thread and its session
+/// serve on).
+fn forward(classifier: &mut crate::model::Classifier, entries: &[&Entry], fault: Fault) -> Result<Vec<Prediction>, ModelError> {
+    let encoded: Vec<&Encoded> = entries.iter().map(|e| &e.encoded).collect();
+    let pass = std::panic::AssertUnwindSafe(|| {
+        if entries.iter().any(|e| e.faulty) {
+            match fault {
+                Fault::Fail => return Err(ModelError::Runtime("injected failure (--fail-on)".into())),
+                Fault::Panic => panic!("injected panic (--fail-on)"),
+                Fault::Abort => std::process::abort(),
+            }
+        }
+        classifier.predict_encoded(&encoded)
+    });
+    std::panic::catch_unwind(pass).unwrap_or_else(|panic| {
+        let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+        Err(ModelError::Runtime(format!("the forward pass panicked: {}", why.unwrap_or_default())))
+    })
+}
+
+/// One forward pass on an inference thread; every waiter gets its answer. A pass that
+/// fails is run again text by text, so that only the failing text gets the error.
+fn run_batch(classifier: &mut crate::model::Classifier, batch: Vec<Entry>, metrics: &Metrics, fault: Fault) {
     let now = Instant::now();
     for e in &batch {
         metrics.queue_wait.observe((now - e.enqueued).as_secs_f64());
     }
     let _span = batch.first().map(|e| e.span.clone().entered());
-    let encoded: Vec<&Encoded> = batch.iter().map(|e| &e.encoded).collect();
-    let longest = encoded.iter().map(|e| e.len()).max().unwrap_or(0);
+    let longest = batch.iter().map(|e| e.encoded.len()).max().unwrap_or(0);
     metrics.batch_size.observe(batch.len() as f64);
     metrics.batch_tokens.observe((batch.len() * longest) as f64);
-    match classifier.predict_encoded(&encoded) {
+    let entries: Vec<&Entry> = batch.iter().collect();
+    match forward(classifier, &entries, fault) {
         Ok(predictions) => {
             metrics.forward.observe(predictions.first().map_or(0.0, |p| p.inference_time.as_secs_f64()));
             for (e, p) in batch.into_iter().zip(predictions) {
@@ -255,8 +311,16 @@ fn run_batch(classifier: &mut crate::model::Classifier, batch: Vec<Entry>, metri
         Err(err) => {
             tracing::error!(error = %err, texts = batch.len(), "forward pass failed");
             metrics.errors.with_label_values(&["forward"]).inc();
+            if let [_] = batch.as_slice() {
+                let _ = batch.into_iter().next().map(|e| e.reply.send(Err(err)));
+                return;
+            }
             for e in batch {
-                let _ = e.reply.send(Err(err.clone()));
+                let alone = forward(classifier, &[&e], fault).map(|mut p| p.remove(0));
+                if alone.is_err() {
+                    metrics.errors.with_label_values(&["forward"]).inc();
+                }
+                let _ = e.reply.send(alone);
             }
         }
     }

@@ -9,7 +9,7 @@ use inference_server::infer::BatcherConfig;
 use serde_json::json;
 
 fn limits() -> RequestLimits {
-    RequestLimits { max_texts: 100, max_text_length: 500, max_body_bytes: 64 * 1024, fail_on: None }
+    RequestLimits { max_texts: 100, max_text_length: 500, max_body_bytes: 64 * 1024 }
 }
 
 async fn tiny_server(batcher: BatcherConfig) -> TestServer {
@@ -82,6 +82,31 @@ async fn a_full_queue_sheds_load_with_429_and_retry_after() {
     // Within the bound the same server still answers.
     assert_eq!(server.post("/v1/predict", json!({ "texts": ["a", "b", "c"] }).to_string()).await.status(), 200);
     server.stop().await;
+}
+
+/// A text that fails (or panics) its forward pass fails alone: requests that shared the
+/// pass get their results, and the thread serves on.
+#[tokio::test]
+async fn a_failing_text_fails_alone_and_the_thread_serves_on() {
+    use inference_server::infer::Fault;
+    for fault in [Fault::Fail, Fault::Panic] {
+        // Long waits, so that the concurrent requests share one pass.
+        let batcher = BatcherConfig { max_wait_ms: 300, fail_on: Some("POISON".into()), fault, ..Default::default() };
+        let server = tiny_server(batcher).await;
+        let bodies = [
+            json!({"texts": ["a good day", "a fine day"]}),
+            json!({"texts": ["POISON pill", "a third day"]}),
+            json!({"texts": ["fourth"]}),
+        ];
+        let answers = futures_util::future::join_all(bodies.iter().map(|b| server.post("/v1/predict", b.to_string()))).await;
+        let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+        assert_eq!(statuses, [200, 500, 200], "{fault:?}");
+        let metrics = server.get("/metrics").await.text().await.unwrap();
+        assert_eq!(metric(&metrics, "inference_batch_size_count"), 1.0, "{fault:?}: the five texts shared one pass");
+        // The thread is alive and serves the next request.
+        assert_eq!(server.post("/v1/predict", json!({"texts": ["after"]}).to_string()).await.status(), 200, "{fault:?}");
+        server.stop().await;
+    }
 }
 
 #[tokio::test]

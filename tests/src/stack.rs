@@ -25,6 +25,8 @@ pub fn release_bin(name: &str) -> PathBuf {
 pub struct Proc {
     child: Child,
     pub log: PathBuf,
+    /// It leads its own process group, which is killed with it.
+    group: bool,
 }
 
 impl Proc {
@@ -40,7 +42,7 @@ impl Proc {
             .env("RUST_BACKTRACE", "0")
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Proc { child, log })
+        Ok(Proc { child, log, group: false })
     }
 
     pub fn output(&self) -> String {
@@ -66,6 +68,9 @@ impl Proc {
 
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
+        if self.group {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -95,6 +100,30 @@ impl Inference {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// An inference server on one fixed free port, started again whenever it exits, as
+    /// a kubelet restarts a crashed container. Dropping it kills the supervisor and the
+    /// server (one process group).
+    pub fn supervised(extra: &[&str]) -> Result<Inference> {
+        use std::os::unix::process::CommandExt;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(r#"while :; do "$0" serve --host 127.0.0.1 --port "$1" "${@:2}"; echo "supervisor: exited ($?), restarting"; sleep 0.2; done"#)
+            .arg(release_bin("inference-server"))
+            .arg(port.to_string())
+            .args(extra)
+            .process_group(0);
+        let mut proc = Proc::spawn("inference-supervised", cmd)?;
+        proc.group = true;
+        proc.wait_for("listening on http://", Duration::from_secs(60))?;
+        Ok(Inference { proc, port })
+    }
+
+    /// How often a supervised server was restarted.
+    pub fn restarts(&self) -> usize {
+        self.proc.output().matches("supervisor: exited").count()
     }
 
     /// Texts this server has run through the model (the sum of its batch sizes).

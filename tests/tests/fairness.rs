@@ -150,3 +150,32 @@ async fn two_overlapping_leaders_leave_exactly_one_line_per_text() {
     let wrong = indices.iter().enumerate().find(|(i, index)| *i as u64 != **index);
     assert!(indices.len() == n && wrong.is_none(), "{} lines; first out of place: {wrong:?}", indices.len());
 }
+
+/// A text that kills the inference server it is sent to: each attempt crashes a server
+/// (the supervisor restarts it, as a kubelet would), the text is isolated by halving
+/// and dead-lettered after `max_retries`, and every other text succeeds.
+#[tokio::test]
+async fn a_text_that_crashes_its_server_fails_alone() {
+    let Some(env) = env("crash").await else { return };
+    let servers = [
+        Inference::supervised(&["--fail-on", "CRASH", "--fault", "abort"]).unwrap(),
+        Inference::supervised(&["--fail-on", "CRASH", "--fault", "abort"]).unwrap(),
+    ];
+    register(&env.ns, &servers.iter().map(|s| s.port).collect::<Vec<_>>()).await.unwrap();
+    let _op = operator(env.cluster, &env.ns.name, &["--max-retries", "2"], &[]).unwrap();
+    let n = 2000;
+    let mut items = texts(n, "crash");
+    items[1234] = "this text will CRASH the server".into();
+    env.configmap("src", json!({"lines": items.join("\n")})).await;
+    env.create("crashy", json!({"source": {"configMapKeyRef": {"name": "src", "key": "lines"}}, "maxBatchSize": 100})).await.unwrap();
+    let b = env.phase("crashy", Phase::Succeeded).await;
+    let s = status(&b);
+    assert_eq!((s.processed_texts, s.failed_texts), (n as i64, 1), "{s:#?}");
+    let f = s.failures.as_ref().unwrap();
+    assert_eq!(f.samples[0].index, 1234, "{f:?}");
+    let restarts: usize = servers.iter().map(Inference::restarts).sum();
+    eprintln!("{restarts} server restarts");
+    assert!(restarts >= 2, "the text crashed a server on every attempt ({restarts} restarts)");
+    let lines = env.results(&b).await;
+    assert!(lines.len() == n && lines.iter().enumerate().all(|(i, l)| l["index"] == i && (i == 1234) == l.get("error").is_some()));
+}

@@ -24,15 +24,11 @@ pub struct RequestLimits {
     /// Largest request body, in bytes.
     #[arg(long, env = "INFERENCE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Test-only fault injection: answer 500 to any request holding a text that contains
-    /// this string. The operator's poison-text tests use it; never set it in production.
-    #[arg(long, hide = true)]
-    pub fail_on: Option<String>,
 }
 
 impl Default for RequestLimits {
     fn default() -> Self {
-        Self { max_texts: 1000, max_text_length: 10_000, max_body_bytes: 16 * 1024 * 1024, fail_on: None }
+        Self { max_texts: 1000, max_text_length: 10_000, max_body_bytes: 16 * 1024 * 1024 }
     }
 }
 
@@ -86,11 +82,6 @@ pub async fn predict(State(state): State<Arc<AppState>>, body: Result<Bytes, Byt
     })?;
     let req = decode(&body)?;
     validate(&req, &state.limits)?;
-    if let Some(poison) = &state.limits.fail_on
-        && req.texts.iter().any(|t| t.contains(poison.as_str()))
-    {
-        return Err(ApiError::Internal(anyhow::anyhow!("injected failure (--fail-on)")));
-    }
     let lengths: Vec<usize> = req.texts.iter().map(|t| t.chars().count()).collect();
     let predictions = state.infer.predict(req.texts, req.options.truncate).await?;
     let results = predictions.into_iter().zip(lengths).map(|(p, text_length)| to_wire(p, text_length, &state.info)).collect();
@@ -118,7 +109,7 @@ mod tests {
     use super::*;
 
     fn fault(body: &str) -> (u16, Option<String>) {
-        let limits = RequestLimits { max_texts: 3, max_text_length: 10, max_body_bytes: 1 << 20, fail_on: None };
+        let limits = RequestLimits { max_texts: 3, max_text_length: 10, max_body_bytes: 1 << 20 };
         let err = decode(body.as_bytes()).and_then(|r| validate(&r, &limits)).unwrap_err();
         (err.status().0.as_u16(), err.field().map(String::from))
     }
