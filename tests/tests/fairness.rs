@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use kubesentiment_core::crd::Phase;
 use kubesentiment_core::names::{BATCH_UID_LABEL, RESULTS_KIND_LABEL, TENANT_LABEL};
 use kubesentiment_tests::batches::{Env, condition, env, status};
@@ -178,4 +178,51 @@ async fn a_text_that_crashes_its_server_fails_alone() {
     assert!(restarts >= 2, "the text crashed a server on every attempt ({restarts} restarts)");
     let lines = env.results(&b).await;
     assert!(lines.len() == n && lines.iter().enumerate().all(|(i, l)| l["index"] == i && (i == 1234) == l.get("error").is_some()));
+}
+
+/// Cancel and expiry while chunks are in flight: nothing lands after the final status,
+/// so the stored results agree with the counts in it, also a while later.
+#[tokio::test]
+async fn no_part_lands_after_a_cancel_or_an_expiry() {
+    let Some(env) = env("fenced").await else { return };
+    let inf = Inference::start(&[]).unwrap();
+    register(&env.ns, &[inf.port]).await.unwrap();
+    let _op = operator(env.cluster, &env.ns.name, &["--workers", "4"], &[]).unwrap();
+    env.configmap("src", json!({"lines": texts(3000, "fenced").join("\n")})).await;
+    let source = json!({"configMapKeyRef": {"name": "src", "key": "lines"}});
+    env.create("cancelled", json!({"source": source, "maxBatchSize": 20})).await.unwrap();
+    env.create("expired", json!({"source": source, "maxBatchSize": 20, "timeoutSeconds": 3})).await.unwrap();
+    env.progressed("cancelled").await;
+    env.batches().patch("cancelled", &PatchParams::default(), &Patch::Merge(json!({"spec": {"cancel": true}}))).await.unwrap();
+    for (name, phase) in [("cancelled", Phase::Cancelled), ("expired", Phase::Expired)] {
+        let b = env.phase(name, phase).await;
+        let ok = status(&b).summary.as_ref().map_or(0, |s| s.successful_predictions);
+        assert!(ok > 0 && ok < 3000, "{name}: stopped mid-run with {ok} done");
+        // Chunks that were in flight at the end had seconds to land, if they could.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let uid = b.metadata.uid.clone().unwrap();
+        let parts = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{RESULTS_KIND_LABEL}=part"));
+        let mut indices: Vec<u64> = env
+            .ns
+            .api::<ConfigMap>()
+            .list(&parts)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .flat_map(|cm| {
+                cm.data
+                    .as_ref()
+                    .and_then(|d| d.get("results.jsonl"))
+                    .cloned()
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["index"].as_u64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        indices.sort();
+        indices.dedup();
+        assert_eq!(indices.len() as i64, ok, "{name}: the stored results are exactly those its final status counts");
+    }
 }
