@@ -45,6 +45,19 @@ async fn watch_metrics<T>(op: &Proc, done: impl Fn(&str) -> Option<T>) -> T {
     }
 }
 
+/// The index of every result line stored in the part ConfigMaps of batch `uid`, with
+/// any duplicates that overlapping parts hold.
+async fn stored_indices(env: &Env, uid: &str) -> Vec<u64> {
+    let parts = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{RESULTS_KIND_LABEL}=part"));
+    let cms = env.ns.api::<ConfigMap>().list(&parts).await.unwrap().items;
+    let bodies = cms.into_iter().filter_map(|cm| cm.data?.remove("results.jsonl"));
+    bodies
+        .flat_map(|b| {
+            b.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["index"].as_u64().unwrap()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The value of one series (`name{labels}`) on a metrics page.
 fn series(page: &str, name: &str) -> Option<f64> {
     page.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
@@ -131,18 +144,7 @@ async fn two_overlapping_leaders_leave_exactly_one_line_per_text() {
     let s = status(&b);
     assert_eq!((s.total_texts, s.processed_texts, s.failed_texts), (n as i64, n as i64, 0), "{s:#?}");
     // The overlap happened: the stored parts hold more lines than there are texts.
-    let uid = b.metadata.uid.clone().unwrap();
-    let parts = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{RESULTS_KIND_LABEL}=part"));
-    let stored: usize = env
-        .ns
-        .api::<ConfigMap>()
-        .list(&parts)
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|cm| cm.data.as_ref().and_then(|d| d.get("results.jsonl")).map_or(0, |b| b.lines().count()))
-        .sum();
+    let stored = stored_indices(&env, b.metadata.uid.as_deref().unwrap()).await.len();
     assert!(stored > n, "both leaders committed overlapping parts ({stored} lines stored)");
     // Read through the manifest: one line per text, in order.
     let lines = env.results(&b).await;
@@ -200,27 +202,7 @@ async fn no_part_lands_after_a_cancel_or_an_expiry() {
         assert!(ok > 0 && ok < 3000, "{name}: stopped mid-run with {ok} done");
         // Chunks that were in flight at the end had seconds to land, if they could.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let uid = b.metadata.uid.clone().unwrap();
-        let parts = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{RESULTS_KIND_LABEL}=part"));
-        let mut indices: Vec<u64> = env
-            .ns
-            .api::<ConfigMap>()
-            .list(&parts)
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .flat_map(|cm| {
-                cm.data
-                    .as_ref()
-                    .and_then(|d| d.get("results.jsonl"))
-                    .cloned()
-                    .unwrap_or_default()
-                    .lines()
-                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["index"].as_u64().unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut indices = stored_indices(&env, b.metadata.uid.as_deref().unwrap()).await;
         indices.sort();
         indices.dedup();
         assert_eq!(indices.len() as i64, ok, "{name}: the stored results are exactly those its final status counts");

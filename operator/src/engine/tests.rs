@@ -209,42 +209,28 @@ async fn every_index_is_committed_once_and_duplicates_are_asked_once() {
     h.shut_down().await;
 }
 
+/// A text the endpoint refuses (an error answer), and a text that kills the server it
+/// is sent to (the answer is lost), both cost attempts: each is isolated by halving and
+/// dead-lettered after `max_retries`, and every other text succeeds, rather than the
+/// batch retrying it on every endpoint until its deadline.
 #[tokio::test(start_paused = true)]
-async fn a_failing_text_is_isolated_by_halving_and_dead_lettered() {
-    let (pool, _gate) = FakePool::new();
-    let h = harness(cfg(), pool.clone(), &["http://a"]);
-    let sink = Arc::new(FakeSink::default());
-    let mut texts = distinct(200);
-    texts[77] = "POISON pill".into();
-    h.start("job", items(texts), sink.clone(), Duration::from_secs(600)).await;
-    let p = h.settle("job").await;
-    assert!(p.done && p.tally.ok == 199 && p.tally.failed == 1, "{p:?}");
-    exactly_once(&sink, 200);
-    assert_eq!(sink.failed(), [(77, "injected failure".to_string())]);
-    let alone = pool.calls().iter().filter(|(_, t)| t.len() == 1 && t[0].contains("POISON")).count();
-    assert_eq!(alone, 3, "the text alone is tried max_retries times");
-    h.shut_down().await;
-}
-
-/// A text that kills the server it is sent to costs attempts like an error answer: it
-/// is isolated by halving and dead-lettered after `max_retries`, and every other text
-/// succeeds, rather than the batch retrying it on every endpoint until its deadline.
-#[tokio::test(start_paused = true)]
-async fn a_text_that_crashes_servers_is_isolated_and_dead_lettered() {
-    let (pool, _gate) = FakePool::new();
-    let h = harness(cfg(), pool.clone(), &["http://a", "http://b"]);
-    let sink = Arc::new(FakeSink::default());
-    let mut texts = distinct(2000);
-    texts[1234] = "CRASH the server".into();
-    h.start("job", items(texts), sink.clone(), Duration::from_secs(600)).await;
-    let p = h.settle("job").await;
-    assert!(p.done && !p.expired && p.tally.ok == 1999 && p.tally.failed == 1, "{p:?}");
-    exactly_once(&sink, 2000);
-    let failed = sink.failed();
-    assert!(failed.len() == 1 && failed[0].0 == 1234 && failed[0].1.contains("connection reset"), "{failed:?}");
-    let alone = pool.calls().iter().filter(|(_, t)| t.len() == 1 && t[0].contains("CRASH")).count();
-    assert_eq!(alone, 3, "the text alone is tried max_retries times");
-    h.shut_down().await;
+async fn a_failing_or_crashing_text_is_isolated_by_halving_and_dead_lettered() {
+    for (marker, n, at, error) in [("POISON", 200, 77, "injected failure"), ("CRASH", 2000, 1234, "connection reset")] {
+        let (pool, _gate) = FakePool::new();
+        let h = harness(cfg(), pool.clone(), &["http://a", "http://b"]);
+        let sink = Arc::new(FakeSink::default());
+        let mut texts = distinct(n);
+        texts[at] = format!("{marker} pill");
+        h.start("job", items(texts), sink.clone(), Duration::from_secs(600)).await;
+        let p = h.settle("job").await;
+        assert!(p.done && !p.expired && p.tally.ok == n - 1 && p.tally.failed == 1, "{marker}: {p:?}");
+        exactly_once(&sink, n);
+        let failed = sink.failed();
+        assert!(failed.len() == 1 && failed[0].0 == at && failed[0].1.contains(error), "{marker}: {failed:?}");
+        let alone = pool.calls().iter().filter(|(_, t)| t.len() == 1 && t[0].contains(marker)).count();
+        assert_eq!(alone, 3, "{marker}: the text alone is tried max_retries times");
+        h.shut_down().await;
+    }
 }
 
 #[tokio::test(start_paused = true)]
