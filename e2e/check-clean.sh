@@ -3,6 +3,7 @@
 # its nftables tables, mounts or state under /run and /var/lib, the kubepods cgroups, or
 # a process of the node. e2e/down.sh must leave none; the test command checks with this.
 set -uo pipefail
+home=${KUBESENTIMENT_HOME:-$HOME/.cache/kubesentiment}
 left=()
 ip link show ks0 >/dev/null 2>&1 && left+=("the bridge ks0")
 grep -q ' /\(var/lib\|run\)/kubesentiment-e2e' /proc/self/mountinfo && left+=("mounts under /var/lib or /run/kubesentiment-e2e")
@@ -11,10 +12,10 @@ compgen -G '/sys/fs/cgroup/*/kubepods' >/dev/null && left+=("kubepods cgroups")
 for exe in /proc/[0-9]*/exe; do
   target=$(readlink "$exe" 2>/dev/null) || continue
   case "$target" in
-    */kubesentiment/node/*|*/kubesentiment/controlplane/*) left+=("process ${exe#/proc/} ($target)") ;;
+    "$home"/node/*|"$home"/controlplane/*) left+=("process ${exe#/proc/} ($target)") ;;
   esac
 done
-for nft in "$HOME"/.cache/kubesentiment/node/*/bin/nft; do
+for nft in "$home"/node/*/bin/nft; do
   [ -x "$nft" ] || continue
   tables=$("$nft" list tables 2>/dev/null | grep -E 'kube-proxy|kubesentiment-node|cni' || true)
   [ -n "$tables" ] && left+=("nftables: $tables")
