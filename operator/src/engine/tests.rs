@@ -185,6 +185,19 @@ impl Harness {
     }
 }
 
+/// A job of 500 texts whose first two chunks hang on the endpoint until `gate` opens.
+async fn hanging(cfg: AsyncBatch) -> (Harness, Arc<FakePool>, watch::Sender<bool>, Arc<FakeSink>) {
+    let (pool, gate) = FakePool::new();
+    gate.send_replace(false);
+    let h = harness(cfg, pool.clone(), &["http://a"]);
+    let sink = Arc::new(FakeSink::default());
+    h.start("job", items(distinct(500)), sink.clone(), Duration::from_secs(600)).await;
+    while pool.calls().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (h, pool, gate, sink)
+}
+
 fn exactly_once(sink: &FakeSink, n: usize) {
     let mut got = sink.indices();
     got.sort();
@@ -299,14 +312,7 @@ async fn a_store_that_keeps_failing_fails_the_batch() {
 /// A suspended batch sends nothing new; its chunks in flight finish and are committed.
 #[tokio::test(start_paused = true)]
 async fn a_suspended_batch_finishes_what_is_in_flight_and_sends_nothing_more() {
-    let (pool, gate) = FakePool::new();
-    gate.send_replace(false);
-    let h = harness(AsyncBatch { max_batch_size: 10, ..cfg() }, pool.clone(), &["http://a"]);
-    let sink = Arc::new(FakeSink::default());
-    h.start("job", items(distinct(500)), sink.clone(), Duration::from_secs(600)).await;
-    while pool.calls().len() < 2 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let (h, pool, gate, sink) = hanging(AsyncBatch { max_batch_size: 10, ..cfg() }).await;
     h.engine.suspend("job").await;
     let p = h.engine.progress("job").await.unwrap();
     assert!(p.suspended && p.in_flight == 2 && !p.done, "{p:?}");
@@ -326,14 +332,7 @@ async fn a_suspended_batch_finishes_what_is_in_flight_and_sends_nothing_more() {
 
 #[tokio::test(start_paused = true)]
 async fn a_removed_batch_stops_its_chunks_in_flight() {
-    let (pool, gate) = FakePool::new();
-    gate.send_replace(false);
-    let h = harness(cfg(), pool.clone(), &["http://a"]);
-    let sink = Arc::new(FakeSink::default());
-    h.start("job", items(distinct(500)), sink.clone(), Duration::from_secs(600)).await;
-    while pool.calls().len() < 2 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let (h, pool, gate, sink) = hanging(cfg()).await;
     h.engine.remove("job").await;
     assert!(h.engine.progress("job").await.is_none());
     gate.send_replace(true);
@@ -441,14 +440,7 @@ async fn shutdown_drains_every_task() {
 /// hanging on its endpoint is abandoned at once and commits nothing.
 #[tokio::test(start_paused = true)]
 async fn a_halted_batch_reports_its_chunks_until_they_return_and_commits_nothing() {
-    let (pool, gate) = FakePool::new();
-    gate.send_replace(false);
-    let h = harness(AsyncBatch { max_batch_size: 10, ..cfg() }, pool.clone(), &["http://a"]);
-    let sink = Arc::new(FakeSink::default());
-    h.start("job", items(distinct(500)), sink.clone(), Duration::from_secs(600)).await;
-    while pool.calls().len() < 2 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let (h, pool, gate, sink) = hanging(AsyncBatch { max_batch_size: 10, ..cfg() }).await;
     assert_eq!(h.engine.progress("job").await.unwrap().in_flight, 2);
     h.engine.halt("job").await;
     tokio::time::sleep(Duration::from_millis(1)).await;
