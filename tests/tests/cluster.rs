@@ -390,6 +390,10 @@ async fn the_cpu_hpa_scales_inference_under_load() {
 async fn a_scale_down_during_a_batch_loses_nothing() {
     let Some(r) = release().await else { return };
     r.upgrade(&["inference.autoscaling.mode=none", "inference.replicas=2"]).await.unwrap();
+    // The HPA of the mode before may sync between helm raising the replicas and helm
+    // deleting it, and set them back to its minimum; it is gone once helm returns.
+    let two = kube::api::Patch::Merge(json!({"spec": {"replicas": 2}}));
+    r.deployment().patch_scale("kubesentiment-inference", &Default::default(), &two).await.unwrap();
     r.ready("inference", 2).await.unwrap();
     let n = 6000;
     let (ns, batches) = batch("scale-down", n).await.unwrap();
