@@ -383,10 +383,7 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
 /// a failed write is retried with the same outcome (and bounded by `FINAL_ATTEMPTS`).
 async fn finalize(cached: &SentimentBatch, ctx: &Context, store: &Store, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
     let uid = cached.uid().unwrap_or_default();
-    ctx.engine.halt(&uid).await;
-    // Its chunks see the stop at once; one already writing its part finishes first, so
-    // that no part lands after the final status.
-    if ctx.engine.progress(&uid).await.is_some_and(|p| p.in_flight > 0) {
+    if !halted(ctx, &uid).await {
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
     let Some(batch) = api(ctx, cached).get_opt(&cached.name_any()).await?.filter(|b| b.uid() == cached.uid()) else {
@@ -438,6 +435,14 @@ async fn write_results(batch: &SentimentBatch, ctx: &Context, store: &Store, pha
     }
     status.results_location = Some(location);
     Ok((status, tally))
+}
+
+/// Stops a batch's work and says whether all of it has stopped. Its chunks see the stop
+/// at once; one already writing its part finishes first, so a final status written (or
+/// results deleted) after this returns true has no part landing after it.
+async fn halted(ctx: &Context, uid: &str) -> bool {
+    ctx.engine.halt(uid).await;
+    ctx.engine.progress(uid).await.is_none_or(|p| p.in_flight == 0)
 }
 
 /// Ends a batch whose results store cannot even be named.
@@ -507,9 +512,7 @@ async fn retry_failed(batch: &SentimentBatch, ctx: &Context, store: Option<Store
 /// reported in an Event and left, so the deletion (and a namespace's) never hangs.
 async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     let uid = batch.uid().unwrap_or_default();
-    // As in finalize: no part may land after the results are deleted.
-    ctx.engine.halt(&uid).await;
-    if ctx.engine.progress(&uid).await.is_some_and(|p| p.in_flight > 0) {
+    if !halted(ctx, &uid).await {
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
     forget(ctx, &uid).await;
