@@ -29,12 +29,19 @@ use kubesentiment_core::store::Store;
 /// Why a call did not succeed.
 #[derive(Debug)]
 pub enum Fail {
-    /// 429: `kind` is the error code (`rate_limited`, `queue_full`, …).
+    /// 429 or 503: `kind` is the error code (`rate_limited`, `queue_full`, …).
     Busy {
         kind: String,
         retry_after: Duration,
     },
     Other(anyhow::Error),
+}
+
+impl Fail {
+    /// A 429 or 503 of `kind`, to retry after the server's `Retry-After` (1 s if none).
+    fn busy(kind: &str, retry_after: Option<Duration>) -> Self {
+        Fail::Busy { kind: kind.into(), retry_after: retry_after.unwrap_or(Duration::from_secs(1)) }
+    }
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Fail {
@@ -106,12 +113,9 @@ impl Target {
                 }
                 match k.round_robin.predict(&k.predictor, &k.inference, texts).await {
                     Ok(results) => results.len(),
-                    Err(PredictError::Busy { retry_after, .. }) => {
-                        return Err(Fail::Busy {
-                            kind: "inference_busy".into(),
-                            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
-                        });
-                    }
+                    // Load shed or an endpoint failing for now: both are retried.
+                    Err(PredictError::Busy { retry_after }) => return Err(Fail::busy("inference_busy", retry_after)),
+                    Err(PredictError::Transient { retry_after, .. }) => return Err(Fail::busy("inference_unavailable", retry_after)),
                     Err(e) => return Err(anyhow!("sync predict: {e}").into()),
                 }
             }
@@ -372,9 +376,7 @@ impl Kube {
         };
         match jobs::create(&self.client, &origin, NewJob::texts(texts, priority)).await {
             Ok(batch) => Ok(batch.name_any()),
-            Err(CreateError::Kube(kube::Error::Api(s))) if s.code == 429 => {
-                Err(Fail::Busy { kind: "api_server_busy".into(), retry_after: Duration::from_secs(1) })
-            }
+            Err(CreateError::Kube(kube::Error::Api(s))) if s.code == 429 => Err(Fail::busy("api_server_busy", None)),
             Err(e) => Err(Fail::Other(e.into())),
         }
     }

@@ -313,7 +313,7 @@ impl Store {
                     Err(e) => return Err(e.into()),
                 },
             };
-            lines.extend(parse_part(name, String::new(), &body)?.lines.into_iter().filter(|l| range.contains(&l.index)));
+            lines.extend(parse_lines(name, &body)?.into_iter().filter(|l| range.contains(&l.index)));
         }
         // Stable: of overlapping parts, the one that starts first keeps an index.
         lines.sort_by_key(|l| l.index);
@@ -461,7 +461,8 @@ fn to_jsonl(lines: &[ResultLine]) -> String {
     out
 }
 
-fn parse_part(location: &str, stem: String, body: &str) -> Result<Part, StoreError> {
+/// A stored part's lines: at least one, with contiguous indices.
+fn parse_lines(location: &str, body: &str) -> Result<Vec<ResultLine>, StoreError> {
     let corrupt = |why: String| StoreError::Corrupt { location: location.to_string(), why };
     let lines = body
         .lines()
@@ -472,7 +473,13 @@ fn parse_part(location: &str, stem: String, body: &str) -> Result<Part, StoreErr
     if lines.iter().enumerate().any(|(i, l)| l.index != start + i) {
         return Err(corrupt("indices are not contiguous".into()));
     }
-    Ok(Part { start, lines, stem })
+    Ok(lines)
+}
+
+/// A stored part, named `stem` where it is stored.
+fn parse_part(location: &str, stem: String, body: &str) -> Result<Part, StoreError> {
+    let lines = parse_lines(location, body)?;
+    Ok(Part { start: lines[0].index, lines, stem })
 }
 
 /// The ranges of `0..total` no part covers: the work left.

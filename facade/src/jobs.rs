@@ -338,7 +338,9 @@ pub async fn predict(State(f): State<Arc<Facade>>, raw: Result<Bytes, BytesRejec
             message: "the inference endpoints are busy".into(),
             retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
         }),
-        // The texts passed our own checks, so the endpoint's refusal is ours, not the client's.
+        // A text the model failed on, named by the endpoint: the client's to see.
+        Err(PredictError::Rejected { status: 422, message, field: Some(field) }) => Err(ApiError::invalid(field, message)),
+        // The texts passed our own checks, so any other refusal is ours, not the client's.
         Err(e) => {
             tracing::warn!(error = %e, "synchronous predict");
             Err(ApiError::Unavailable("no inference endpoint could answer".into()))

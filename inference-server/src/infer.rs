@@ -52,7 +52,8 @@ pub struct BatcherConfig {
     #[arg(long, hide = true)]
     pub fail_on: Option<String>,
     /// What a pass holding the `--fail-on` text does: `fail` (a model error), `panic`
-    /// (the inference thread panics) or `abort` (the process dies, as a crash would).
+    /// (the inference thread panics), `exit` (the inference thread ends, as one lost to a
+    /// bug would) or `abort` (the process dies, as a crash would).
     #[arg(long, hide = true, value_enum, default_value_t = Fault::Fail)]
     pub fault: Fault,
 }
@@ -62,6 +63,7 @@ pub struct BatcherConfig {
 pub enum Fault {
     Fail,
     Panic,
+    Exit,
     Abort,
 }
 
@@ -93,6 +95,10 @@ pub enum InferError {
     TooLong { index: usize, tokens: usize, max: usize },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The model failed on text `index` alone (the pass it shared was retried text by
+    /// text): the text's fault, not the server's.
+    #[error("the model failed on text {index}: {error}")]
+    Failed { index: usize, error: ModelError },
     #[error(transparent)]
     Model(#[from] ModelError),
 }
@@ -125,7 +131,8 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// True once every thread has its session and has run a warm-up pass.
+    /// True once every thread has its session and has run a warm-up pass, and false again
+    /// once no thread is left to serve.
     pub fn ready(&self) -> Arc<AtomicBool> {
         self.ready.clone()
     }
@@ -165,6 +172,9 @@ impl Infer {
                             break;
                         }
                         let Ok(batch) = take.blocking_recv() else { break };
+                        if fault == Fault::Exit && batch.iter().any(|e| e.faulty) {
+                            break;
+                        }
                         run_batch(&mut classifier, batch, &metrics, fault);
                     }
                 })
@@ -176,7 +186,14 @@ impl Infer {
             warm.wait();
             ready_flag.store(true, Ordering::Release);
         });
-        tokio::spawn(batcher(rx, idle_rx, cfg.limits(), Duration::from_millis(cfg.max_wait_ms), metrics));
+        let ready_flag = ready.clone();
+        let batcher = batcher(rx, idle_rx, cfg.limits(), Duration::from_millis(cfg.max_wait_ms), metrics);
+        tokio::spawn(async move {
+            batcher.await;
+            // Every inference thread has gone: nothing can serve, so the pod leaves its
+            // Service rather than answering 503 while it looks ready.
+            ready_flag.store(false, Ordering::Release);
+        });
         let infer = Self {
             tx,
             permits: Arc::new(Semaphore::new(cfg.max_queued_texts.max(1))),
@@ -215,8 +232,8 @@ impl Infer {
             replies.push(rx);
         }
         let mut out = Vec::with_capacity(replies.len());
-        for rx in replies {
-            out.push(rx.await.map_err(|_| InferError::ShuttingDown)??);
+        for (index, rx) in replies.into_iter().enumerate() {
+            out.push(rx.await.map_err(|_| InferError::ShuttingDown)?.map_err(|error| InferError::Failed { index, error })?);
         }
         Ok(out)
     }
@@ -276,7 +293,8 @@ fn forward(classifier: &mut crate::model::Classifier, entries: &[&Entry], fault:
     let pass = std::panic::AssertUnwindSafe(|| {
         if entries.iter().any(|e| e.faulty) {
             match fault {
-                Fault::Fail => return Err(ModelError::Runtime("injected failure (--fail-on)".into())),
+                // (`exit` ends the thread before its pass; here it is only a failure.)
+                Fault::Fail | Fault::Exit => return Err(ModelError::Runtime("injected failure (--fail-on)".into())),
                 Fault::Panic => panic!("injected panic (--fail-on)"),
                 Fault::Abort => std::process::abort(),
             }

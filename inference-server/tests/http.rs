@@ -84,8 +84,8 @@ async fn a_full_queue_sheds_load_with_429_and_retry_after() {
     server.stop().await;
 }
 
-/// A text that fails (or panics) its forward pass fails alone: requests that shared the
-/// pass get their results, and the thread serves on.
+/// A text that fails (or panics) its forward pass fails alone, with a 422 naming it:
+/// requests that shared the pass get their results, and the thread serves on.
 #[tokio::test]
 async fn a_failing_text_fails_alone_and_the_thread_serves_on() {
     use inference_server::infer::Fault;
@@ -100,13 +100,34 @@ async fn a_failing_text_fails_alone_and_the_thread_serves_on() {
         ];
         let answers = futures_util::future::join_all(bodies.iter().map(|b| server.post("/v1/predict", b.to_string()))).await;
         let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
-        assert_eq!(statuses, [200, 500, 200], "{fault:?}");
+        assert_eq!(statuses, [200, 422, 200], "{fault:?}");
+        let err: ErrorBody = answers.into_iter().nth(1).unwrap().json().await.unwrap();
+        assert_eq!((err.error.as_str(), err.field.as_deref()), ("inference_failed", Some("texts[0]")), "{fault:?}");
         let metrics = server.get("/metrics").await.text().await.unwrap();
         assert_eq!(metric(&metrics, "inference_batch_size_count"), 1.0, "{fault:?}: the five texts shared one pass");
         // The thread is alive and serves the next request.
         assert_eq!(server.post("/v1/predict", json!({"texts": ["after"]}).to_string()).await.status(), 200, "{fault:?}");
         server.stop().await;
     }
+}
+
+/// With its only inference thread gone, the server cannot serve: it says so on
+/// `/health/ready`, so that it leaves its Service, and answers 503 rather than hanging.
+#[tokio::test]
+async fn a_server_without_inference_threads_is_not_ready() {
+    use inference_server::infer::Fault;
+    let server = tiny_server(BatcherConfig { fail_on: Some("POISON".into()), fault: Fault::Exit, ..Default::default() }).await;
+    assert_eq!(server.get("/health/ready").await.status(), 200);
+    assert_eq!(server.post("/v1/predict", json!({"texts": ["POISON"]}).to_string()).await.status(), 503);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.get("/health/ready").await.status() == 200 {
+        assert!(tokio::time::Instant::now() < deadline, "still ready with no inference thread");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.get("/health/ready").await.status(), 503);
+    assert_eq!(server.get("/health/live").await.status(), 200);
+    assert_eq!(server.post("/v1/predict", json!({"texts": ["fine"]}).to_string()).await.status(), 503);
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -40,6 +40,8 @@ pub struct Chunk {
     pub range: Range<usize>,
     /// Failed attempts so far.
     pub attempts: u32,
+    /// Transient error answers (500/502/503/504) since the last attempt was spent.
+    pub transient: u32,
     /// The endpoint that failed it last, to try another.
     pub avoid: Option<String>,
 }
@@ -57,7 +59,7 @@ impl Chunk {
     pub fn split(&self) -> Option<(Chunk, Chunk)> {
         (self.len() >= 2).then(|| {
             let mid = self.range.start + self.len() / 2;
-            let half = |range| Chunk { job: self.job.clone(), range, attempts: 0, avoid: self.avoid.clone() };
+            let half = |range| Chunk { job: self.job.clone(), range, attempts: 0, transient: 0, avoid: self.avoid.clone() };
             (half(self.range.start..mid), half(mid..self.range.end))
         })
     }
@@ -159,7 +161,7 @@ impl Scheduler {
     pub fn enqueue(&mut self, job: &str, ranges: impl IntoIterator<Item = Range<usize>>, now: Instant) {
         if let Some(e) = self.jobs.get_mut(job) {
             for range in ranges.into_iter().filter(|r| !r.is_empty()) {
-                e.pending.push_back((Chunk { job: job.to_string(), range, attempts: 0, avoid: None }, now));
+                e.pending.push_back((Chunk { job: job.to_string(), range, attempts: 0, transient: 0, avoid: None }, now));
             }
         }
     }

@@ -18,12 +18,17 @@ pub enum PredictError {
     /// texts may have crashed or hung the server, so they share the blame.
     #[error("lost: {0}")]
     Lost(String),
-    /// 429 or 503: the endpoint shed load; try again shortly.
-    #[error("busy ({status})")]
-    Busy { status: u16, retry_after: Option<Duration> },
-    /// Any other error answer; possibly a text it cannot take.
+    /// 429: the endpoint shed load; try again after `retry_after`. Not the texts' fault.
+    #[error("busy (429)")]
+    Busy { retry_after: Option<Duration> },
+    /// 500, 502, 503 or 504: the endpoint is failing for now (not ready, restarting,
+    /// timed out). Worth retrying, within a budget, and not by itself the texts' fault.
     #[error("{message} ({status})")]
-    Rejected { status: u16, message: String },
+    Transient { status: u16, message: String, retry_after: Option<Duration> },
+    /// Any other error answer (4xx): a text it cannot take, named by `field` when the
+    /// server says which.
+    #[error("{message} ({status})")]
+    Rejected { status: u16, message: String, field: Option<String> },
     /// A 2xx answer that is not one result per text.
     #[error("bad answer: {0}")]
     BadAnswer(String),
@@ -67,16 +72,17 @@ impl Predict for HttpPredictor {
             .await
             .map_err(|e| if e.is_connect() { PredictError::Unreachable(e.to_string()) } else { PredictError::Lost(e.to_string()) })?;
         let status = resp.status().as_u16();
-        if status == 429 || status == 503 {
-            let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).map(Duration::from_secs);
-            return Err(PredictError::Busy { status, retry_after });
-        }
         if !resp.status().is_success() {
-            let message = match resp.json::<ErrorBody>().await {
-                Ok(b) => b.message,
-                Err(_) => format!("the inference server answered {status}"),
+            let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).map(Duration::from_secs);
+            let (message, field) = match resp.json::<ErrorBody>().await {
+                Ok(b) => (b.message, b.field),
+                Err(_) => (format!("the inference server answered {status}"), None),
             };
-            return Err(PredictError::Rejected { status, message });
+            return Err(match status {
+                429 => PredictError::Busy { retry_after },
+                500 | 502 | 503 | 504 => PredictError::Transient { status, message, retry_after },
+                _ => PredictError::Rejected { status, message, field },
+            });
         }
         let results = resp.json::<PredictResponse>().await.map_err(|e| PredictError::Lost(format!("reading the answer: {e}")))?.results;
         if results.len() != texts.len() {
@@ -153,6 +159,8 @@ mod tests {
                 match first.as_str() {
                     "busy" => Err(err(StatusCode::TOO_MANY_REQUESTS)),
                     "unavailable" => Err(err(StatusCode::SERVICE_UNAVAILABLE)),
+                    "broken" => Err(err(StatusCode::INTERNAL_SERVER_ERROR)),
+                    "slow" => Err(err(StatusCode::GATEWAY_TIMEOUT)),
                     "poison" => Err(err(StatusCode::UNPROCESSABLE_ENTITY)),
                     "short" => Ok(Json(serde_json::json!({"results": []}))),
                     _ => {
@@ -174,9 +182,13 @@ mod tests {
         let texts = |t: &str| vec![t.to_string(), "good".to_string()];
         let ok = c.predict(&url, &texts("bad")).await.unwrap();
         assert_eq!(ok.iter().map(|r| r.label.as_str()).collect::<Vec<_>>(), ["NEGATIVE", "POSITIVE"]);
-        assert!(matches!(c.predict(&url, &texts("busy")).await, Err(PredictError::Busy { status: 429, .. })));
-        assert!(matches!(c.predict(&url, &texts("unavailable")).await, Err(PredictError::Busy { status: 503, .. })));
-        assert_eq!(c.predict(&url, &texts("poison")).await, Err(PredictError::Rejected { status: 422, message: "said poison".into() }));
+        assert!(matches!(c.predict(&url, &texts("busy")).await, Err(PredictError::Busy { .. })));
+        for (text, status) in [("unavailable", 503), ("broken", 500), ("slow", 504)] {
+            let got = c.predict(&url, &texts(text)).await;
+            assert_eq!(got, Err(PredictError::Transient { status, message: format!("said {text}"), retry_after: None }));
+        }
+        let poison = Err(PredictError::Rejected { status: 422, message: "said poison".into(), field: None });
+        assert_eq!(c.predict(&url, &texts("poison")).await, poison);
         assert!(matches!(c.predict(&url, &texts("short")).await, Err(PredictError::BadAnswer(_))));
         // Nothing listens on port 1.
         assert!(matches!(c.predict("http://127.0.0.1:1", &texts("bad")).await, Err(PredictError::Unreachable(_))));

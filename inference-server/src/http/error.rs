@@ -13,6 +13,9 @@ pub enum ApiError {
     /// 422: a well-formed request with a bad value.
     #[error("{message}")]
     Validation { field: Option<String>, message: String },
+    /// 422: the model failed on this text (alone, when retried by itself).
+    #[error("{message}")]
+    TextFailed { field: String, message: String },
     /// 413: more than the server takes at once.
     #[error("{message}")]
     TooLarge { field: Option<String>, message: String },
@@ -43,6 +46,7 @@ impl ApiError {
     pub fn status(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+            ApiError::TextFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "inference_failed"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
@@ -55,6 +59,7 @@ impl ApiError {
     pub fn field(&self) -> Option<&str> {
         match self {
             ApiError::Validation { field, .. } | ApiError::TooLarge { field, .. } => field.as_deref(),
+            ApiError::TextFailed { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -66,6 +71,10 @@ impl From<InferError> for ApiError {
             InferError::QueueFull => ApiError::Overloaded,
             InferError::TooLong { index, .. } => ApiError::validation(format!("texts[{index}]"), e.to_string()),
             InferError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            InferError::Failed { index, error } => {
+                tracing::warn!(%error, index, "the model failed on one text");
+                ApiError::TextFailed { field: format!("texts[{index}]"), message: "the model failed on this text".into() }
+            }
             InferError::Model(m) => ApiError::Internal(m.into()),
         }
     }

@@ -27,8 +27,10 @@ pub enum Outcome {
     Unreachable(String),
     /// The request was sent and its answer lost (reset, crash, timeout).
     Lost(String),
-    /// The endpoint shed load (429/503).
-    Busy,
+    /// The endpoint shed load (429), asking to be retried after this long.
+    Busy(Option<Duration>),
+    /// The endpoint failed for now (500/502/503/504).
+    Transient(String, Option<Duration>),
     /// The endpoint answered with an error: possibly a text it cannot take.
     Rejected(String),
     /// Results could not be stored.
@@ -101,7 +103,10 @@ pub async fn run(shared: &Shared, tx: &mpsc::Sender<Command>, a: &Attempt) -> (O
             Ok(r) => r,
             Err(PredictError::Unreachable(why)) => return (Outcome::Unreachable(why), false),
             Err(PredictError::Lost(why)) => return (Outcome::Lost(why), false),
-            Err(PredictError::Busy { .. }) => return (Outcome::Busy, false),
+            Err(PredictError::Busy { retry_after }) => return (Outcome::Busy(retry_after), false),
+            Err(PredictError::Transient { status, message, retry_after }) => {
+                return (Outcome::Transient(format!("{message} ({status})"), retry_after), false);
+            }
             Err(PredictError::Rejected { message, .. } | PredictError::BadAnswer(message)) => return (Outcome::Rejected(message), false),
         };
         if let Some(want) = &a.model

@@ -46,8 +46,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(6400));
 /// Attempts at writing a chunk's results before the batch fails with `ResultsUnwritable`.
 const STORE_ATTEMPTS: u32 = 6;
-/// Before retrying a chunk an endpoint refused for load (429/503).
+/// Before retrying a chunk an endpoint refused for load (429) without a `Retry-After`.
 const BUSY_RETRY: Duration = Duration::from_millis(200);
+/// The longest `Retry-After` the engine honours.
+const BUSY_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Transient error answers (500/502/503/504) a chunk may meet, each retried after
+/// [`RETRY`]'s backoff on another endpoint, before they count as one failed attempt.
+const TRANSIENT_BUDGET: u32 = 6;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -404,7 +409,7 @@ impl State {
         self.sched.returned(&chunk.job);
         let Some(job) = self.jobs.get_mut(&chunk.job) else { return };
         job.outstanding -= 1;
-        let retries = &self.shared.metrics.retries;
+        let retries = self.shared.metrics.retries.clone();
         match outcome {
             Outcome::Committed(tally) => {
                 self.committed.push_back((now, tally.done()));
@@ -417,15 +422,27 @@ impl State {
             Outcome::Unreachable(why) => {
                 // The endpoint, not the texts: skip it for a while and try elsewhere, without
                 // spending the chunk's attempts (the batch's deadline bounds the waiting).
-                let url = endpoint.clone().unwrap_or_default();
-                tracing::warn!(endpoint = %url, %why, "endpoint unreachable");
-                self.pool.unreachable(&url, now);
+                self.rest(endpoint.as_deref(), &why, "endpoint unreachable", now);
                 retries.inc();
                 self.sched.retry(Chunk { avoid: endpoint, ..chunk }, now);
             }
-            Outcome::Busy => {
+            Outcome::Busy(retry_after) => {
                 retries.inc();
-                self.sched.retry(chunk, now + BUSY_RETRY);
+                self.sched.retry(chunk, now + retry_after.map_or(BUSY_RETRY, |d| d.min(BUSY_RETRY_MAX)));
+            }
+            Outcome::Transient(why, retry_after) if chunk.transient < TRANSIENT_BUDGET => {
+                // The endpoint is failing for now (not ready, restarting, timed out): it
+                // rests, and the chunk goes elsewhere after a backoff, without spending an
+                // attempt. Such answers alone never dead-letter a text.
+                self.rest(endpoint.as_deref(), &why, "transient error answer", now);
+                retries.inc();
+                let at = now + RETRY.delay(chunk.transient).max(retry_after.unwrap_or_default().min(BUSY_RETRY_MAX));
+                self.sched.retry(Chunk { transient: chunk.transient + 1, avoid: endpoint, ..chunk }, at);
+            }
+            Outcome::Transient(why, _) => {
+                // The budget is spent: the chunk's texts may be what the endpoints fail on.
+                // The failure now counts as an attempt, halving to find the text.
+                self.isolate(Chunk { transient: 0, ..chunk }, endpoint, why, now);
             }
             Outcome::Store(why) if chunk.attempts + 1 >= STORE_ATTEMPTS => {
                 tracing::warn!(%why, "results cannot be written; failing the batch");
@@ -442,14 +459,19 @@ impl State {
                 // these texts. The endpoint rests, and the texts pay an attempt as for an
                 // error answer, so a text that kills servers is isolated by halving and
                 // dead-lettered after `max_retries`, while the rest of the pool works on.
-                let url = endpoint.clone().unwrap_or_default();
-                tracing::warn!(endpoint = %url, %why, texts = chunk.len(), "answer lost");
-                self.pool.unreachable(&url, now);
+                self.rest(endpoint.as_deref(), &why, "answer lost", now);
                 self.isolate(chunk, endpoint, why, now);
             }
             Outcome::Rejected(why) => self.isolate(chunk, endpoint, why, now),
             Outcome::Fatal(why) => self.fail(&chunk.job, "ModelMismatch", why),
         }
+    }
+
+    /// Skips `endpoint` for a while: it did not answer, or answered that it is failing.
+    fn rest(&mut self, endpoint: Option<&str>, why: &str, what: &str, now: Instant) {
+        let url = endpoint.unwrap_or_default();
+        tracing::warn!(endpoint = %url, %why, "{what}");
+        self.pool.unreachable(url, now);
     }
 
     /// A chunk that failed in a way that may be its texts' fault: halved until the

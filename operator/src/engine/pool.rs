@@ -108,7 +108,8 @@ impl Pool {
         }
     }
 
-    /// `url` did not answer: skip it for a while, longer after each failure in a row.
+    /// `url` did not answer, or said it is failing: skip it for a while, longer after
+    /// each failure in a row.
     pub fn unreachable(&mut self, url: &str, now: Instant) {
         if let Some(e) = self.endpoints.get_mut(url) {
             e.dead_until = Some(now + DEAD.delay(e.failures));

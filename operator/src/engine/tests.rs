@@ -21,6 +21,8 @@ struct FakePool {
     dead: Mutex<HashSet<String>>,
     /// Answers this many calls with 429 first.
     busy_first: AtomicUsize,
+    /// Then answers this many calls with 503 (an endpoint failing for now).
+    failing_first: AtomicUsize,
     /// Virtual time each call takes.
     delay: Duration,
     /// While false, calls wait.
@@ -35,6 +37,7 @@ impl FakePool {
             calls: Mutex::default(),
             dead: Mutex::default(),
             busy_first: AtomicUsize::new(0),
+            failing_first: AtomicUsize::new(0),
             delay: Duration::from_millis(10),
             open,
         };
@@ -57,14 +60,21 @@ impl Predict for FakePool {
             return Err(PredictError::Unreachable("connection refused".into()));
         }
         if self.busy_first.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
-            return Err(PredictError::Busy { status: 429, retry_after: None });
+            return Err(PredictError::Busy { retry_after: None });
+        }
+        if self.failing_first.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            return Err(PredictError::Transient { status: 503, message: "not ready".into(), retry_after: None });
         }
         if texts.iter().any(|t| t.contains("CRASH")) {
             // The server dies on this text: the request was sent, the answer never comes.
             return Err(PredictError::Lost("connection reset by peer".into()));
         }
         if texts.iter().any(|t| t.contains("POISON")) {
-            return Err(PredictError::Rejected { status: 500, message: "injected failure".into() });
+            return Err(PredictError::Rejected { status: 422, message: "injected failure".into(), field: None });
+        }
+        if texts.iter().any(|t| t.contains("BROKEN")) {
+            // A server bug on this text: an internal error, every time.
+            return Err(PredictError::Transient { status: 500, message: "internal error".into(), retry_after: None });
         }
         Ok(texts
             .iter()
@@ -222,13 +232,20 @@ async fn every_index_is_committed_once_and_duplicates_are_asked_once() {
     h.shut_down().await;
 }
 
-/// A text the endpoint refuses (an error answer), and a text that kills the server it
-/// is sent to (the answer is lost), both cost attempts: each is isolated by halving and
+/// A text the endpoint refuses (an error answer), a text that kills the server it is
+/// sent to (the answer is lost) and a text the server always fails on with a 500 (once
+/// its transient budget is spent) all cost attempts: each is isolated by halving and
 /// dead-lettered after `max_retries`, and every other text succeeds, rather than the
 /// batch retrying it on every endpoint until its deadline.
 #[tokio::test(start_paused = true)]
 async fn a_failing_or_crashing_text_is_isolated_by_halving_and_dead_lettered() {
-    for (marker, n, at, error) in [("POISON", 200, 77, "injected failure"), ("CRASH", 2000, 1234, "connection reset")] {
+    // (marker, texts, where, error, answers the text alone gets per attempt)
+    let cases = [
+        ("POISON", 200, 77, "injected failure", 1),
+        ("CRASH", 2000, 1234, "connection reset", 1),
+        ("BROKEN", 500, 321, "(500)", TRANSIENT_BUDGET as usize + 1),
+    ];
+    for (marker, n, at, error, per_attempt) in cases {
         let (pool, _gate) = FakePool::new();
         let h = harness(cfg(), pool.clone(), &["http://a", "http://b"]);
         let sink = Arc::new(FakeSink::default());
@@ -241,7 +258,7 @@ async fn a_failing_or_crashing_text_is_isolated_by_halving_and_dead_lettered() {
         let failed = sink.failed();
         assert!(failed.len() == 1 && failed[0].0 == at && failed[0].1.contains(error), "{marker}: {failed:?}");
         let alone = pool.calls().iter().filter(|(_, t)| t.len() == 1 && t[0].contains(marker)).count();
-        assert_eq!(alone, 3, "{marker}: the text alone is tried max_retries times");
+        assert_eq!(alone, 3 * per_attempt, "{marker}: the text alone is tried max_retries times");
         h.shut_down().await;
     }
 }
@@ -281,6 +298,27 @@ async fn busy_answers_back_off_then_succeed_without_spending_attempts() {
     exactly_once(&sink, 10);
     assert_eq!(pool.calls().len(), 6, "five 429s, then the answer");
     assert!(now().duration_since(began) >= 5 * BUSY_RETRY, "each 429 waits before the retry");
+    h.shut_down().await;
+}
+
+/// 503s (a pod not ready, restarting or shutting down) back off on another endpoint
+/// and spend no attempt: with `max_retries` 1, five in a row still fail no text.
+#[tokio::test(start_paused = true)]
+async fn transient_answers_back_off_and_never_dead_letter_on_their_own() {
+    let (pool, _gate) = FakePool::new();
+    pool.failing_first.store(TRANSIENT_BUDGET as usize - 1, Ordering::Relaxed);
+    let h = harness(AsyncBatch { workers: 1, max_retries: 1, ..cfg() }, pool.clone(), &["http://a", "http://b"]);
+    let sink = Arc::new(FakeSink::default());
+    let began = now();
+    h.start("job", items(distinct(10)), sink.clone(), Duration::from_secs(600)).await;
+    let p = h.settle("job").await;
+    assert!(p.done && p.tally.ok == 10 && p.tally.failed == 0, "{p:?}");
+    exactly_once(&sink, 10);
+    let calls = pool.calls();
+    assert_eq!(calls.len(), TRANSIENT_BUDGET as usize, "five 503s, then the answer");
+    assert!(calls.windows(2).all(|w| w[0].0 != w[1].0), "each retry goes to the other endpoint: {calls:?}");
+    let backoff: Duration = (0..TRANSIENT_BUDGET - 1).map(|n| RETRY.delay(n)).sum();
+    assert!(now().duration_since(began) >= backoff, "each 503 backs off longer");
     h.shut_down().await;
 }
 

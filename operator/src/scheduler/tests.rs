@@ -192,9 +192,9 @@ fn chunks_are_cut_to_size_and_retries_wait_their_backoff() {
 
 #[test]
 fn split_isolates_one_text() {
-    let c = Chunk { job: "a".into(), range: 4..9, attempts: 3, avoid: None };
+    let c = Chunk { job: "a".into(), range: 4..9, attempts: 3, transient: 2, avoid: None };
     let (l, r) = c.split().unwrap();
-    assert_eq!((l.range, r.range, l.attempts), (4..6, 6..9, 0));
+    assert_eq!((l.range, r.range, l.attempts, l.transient), (4..6, 6..9, 0, 0));
     assert_eq!(Chunk { range: 4..5, ..c }.split(), None);
 }
 
