@@ -66,6 +66,16 @@ impl Proc {
         }
     }
 
+    /// Resident memory now and at its peak (`VmRSS`, `VmHWM`), in bytes.
+    pub fn memory(&self) -> Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib = |key: &str| -> Result<u64> {
+            let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("{key} in /proc/PID/status"))?;
+            Ok(line.split_whitespace().nth(1).context("a number")?.parse::<u64>()? * 1024)
+        };
+        Ok((kib("VmRSS:")?, kib("VmHWM:")?))
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if self.group {
