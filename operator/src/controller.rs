@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -39,6 +39,10 @@ use crate::source;
 
 /// How often a Running batch's status is refreshed: at most one write per second each.
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
+/// Batches reconciled at once. A starting batch briefly holds its spec and texts twice
+/// (as read and as packed): this bounds that to a few dozen batches, not every batch
+/// created at once.
+const RECONCILE_CONCURRENCY: u16 = 32;
 /// How often a batch refused admission asks again.
 const QUEUED_RETRY: Duration = Duration::from_secs(2);
 /// Between failed reconciles of one batch.
@@ -124,6 +128,7 @@ pub async fn run(ctx: Arc<Context>, api: Api<SentimentBatch>, notify: mpsc::Rece
         .reflect(writer)
         .touched_objects();
     Controller::for_stream(batches, reader)
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .reconcile_on(triggers)
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -309,7 +314,7 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
             return Ok(Action::await_change());
         }
     };
-    let (items, identity) = match source::read(&ctx.client, &namespace, &spec, &ctx.stores).await {
+    let (texts, identity) = match source::read(&ctx.client, &namespace, spec, &ctx.stores).await {
         Ok(read) => read,
         Err(e) => return finalize(batch, ctx, &store, Phase::Failed, e.reason(), &e.to_string()).await,
     };
@@ -326,7 +331,7 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
     }
     let parts = store.read_parts().await?;
     let committed = Tally::of(parts.iter().flat_map(|p| &p.lines));
-    let total = items.len();
+    let total = texts.len();
     let max_batch = batch
         .spec
         .max_batch_size
@@ -345,7 +350,7 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         .start_job(JobStart {
             id: uid,
             object: ObjectRef::from(batch),
-            items: Arc::new(items),
+            texts,
             remaining: store::remaining(total, &parts),
             committed,
             sink: Arc::new(store),

@@ -196,8 +196,11 @@ pub fn operator(cluster: &Cluster, ns: &str, args: &[&str], env: &[(&str, &str)]
     cmd.env("KUBECONFIG", &cluster.kubeconfig)
         .env_remove("ASYNC_BATCH_MAX_JOBS")
         .args(["--watch-namespace", ns, "--inference-service", &format!("{ns}/inference-server"), "--host", "127.0.0.1", "--port", "0"])
-        .args(["--lease-duration-seconds", "4"])
         .args(args);
+    if !args.contains(&"--lease-duration-seconds") {
+        // Short, so that failover tests take seconds.
+        cmd.args(["--lease-duration-seconds", "4"]);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

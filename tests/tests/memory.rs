@@ -7,8 +7,10 @@
 //! cargo test -p kubesentiment-tests --release --test memory -- --ignored --nocapture --test-threads 1
 //! ```
 //!
-//! Each creates its batches, waits until every one is Running, samples the operator's
-//! resident memory for [`SAMPLE`], and fails if its peak passed [`LIMIT`].
+//! Each creates its batches, waits until the operator has admitted every one (Running,
+//! with no inference endpoint yet, so that none can finish first), adds an inference
+//! server, samples the operator's resident memory for [`SAMPLE`] while the batches run,
+//! and fails if its peak passed [`LIMIT`].
 
 use std::time::{Duration, Instant};
 
@@ -52,7 +54,7 @@ async fn a_hundred_batches_of_a_hundred_thousand_texts_from_s3() {
         json!({"source": {"s3": {"bucket": "ks-mem", "key": format!("texts-{i}.txt"), "endpoint": s3.endpoint, "region": "us-east-1",
                "credentialsSecretRef": {"name": "s3"}}}, "timeoutSeconds": 3600})
     });
-    measure(&env, specs.collect(), &[]).await;
+    measure(env, specs.collect(), &[]).await;
 }
 
 /// 1,000 running batches of 1,000 inline texts each (admission limits raised to admit
@@ -68,19 +70,22 @@ async fn a_thousand_batches_of_a_thousand_inline_texts() {
         ("ASYNC_BATCH_RESERVED_MEDIUM_SLOTS", "0"),
         ("ASYNC_BATCH_PRIORITY_LOW_LIMIT", "1000"),
     ];
-    measure(&env, specs.collect(), &limits).await;
+    measure(env, specs.collect(), &limits).await;
 }
 
-/// Starts an inference server and an operator, creates a batch per spec, waits until all
-/// run, and reports the operator's memory.
-async fn measure(env: &Env, specs: Vec<Value>, op_env: &[(&str, &str)]) {
-    let inf = Inference::start(&[]).unwrap();
-    register(&env.ns, &[inf.port]).await.unwrap();
-    let op = operator(env.cluster, &env.ns.name, &[], op_env).unwrap();
+/// Starts an operator, creates a batch per spec, waits until all run, adds an inference
+/// server, and reports the operator's memory.
+async fn measure(env: Env, specs: Vec<Value>, op_env: &[(&str, &str)]) {
+    // The chart's lease, not the failover tests' 4 s: a thousand admissions at once on a
+    // two-core machine can delay a renewal past 4 s.
+    let op = operator(env.cluster, &env.ns.name, &["--lease-duration-seconds", "15"], op_env).unwrap();
     let n = specs.len();
     let began = Instant::now();
     stream::iter(specs.into_iter().enumerate())
-        .map(|(i, spec)| async move { env.create(&format!("b{i}"), spec).await })
+        .map(|(i, spec)| {
+            let env = &env;
+            async move { env.create(&format!("b{i}"), spec).await }
+        })
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
         .await
@@ -100,21 +105,32 @@ async fn measure(env: &Env, specs: Vec<Value>, op_env: &[(&str, &str)]) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     println!("all {n} running after {:?}", began.elapsed());
+    let inf = Inference::start(&[]).unwrap();
+    register(&env.ns, &[inf.port]).await.unwrap();
     let sampling = Instant::now();
     while sampling.elapsed() < SAMPLE {
         peak_rss = peak_rss.max(sample(&op).0);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let (rss, hwm) = sample(&op);
-    let done: i64 = env.batches().list(&ListParams::default()).await.unwrap().items.iter().filter_map(|b| Some(b.status.as_ref()?.processed_texts)).sum();
+    let done: i64 = env
+        .batches()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|b| Some(b.status.as_ref()?.processed_texts))
+        .sum();
     println!(
         "operator memory with {n} batches running: now {} MiB, peak sampled {} MiB, peak (VmHWM) {} MiB; {done} texts done",
         rss >> 20,
         peak_rss >> 20,
         hwm >> 20
     );
+    drop((op, inf));
+    env.ns.delete().await.unwrap();
     assert!(hwm <= LIMIT, "the operator's peak resident memory was {} MiB, over {} MiB", hwm >> 20, LIMIT >> 20);
-    drop(inf);
 }
 
 fn sample(op: &Proc) -> (u64, u64) {

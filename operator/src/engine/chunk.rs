@@ -14,9 +14,9 @@ use kubesentiment_core::store::{Part, ResultLine};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Command, ResultSink};
+use super::{Command, ResultSink, TextSource};
 use crate::metrics::Metrics;
-use crate::source::Item;
+use crate::source::SourceError;
 
 /// How one chunk's attempt ended.
 #[derive(Debug)]
@@ -35,6 +35,8 @@ pub enum Outcome {
     Rejected(String),
     /// Results could not be stored.
     Store(String),
+    /// The chunk's texts could not be read.
+    Source(SourceError),
     /// The batch cannot succeed on this pool.
     Fatal(String),
     /// The batch stopped (cancel, expiry, delete, shutdown) before the part was committed.
@@ -54,7 +56,7 @@ pub struct Shared {
 pub struct Attempt {
     pub url: String,
     pub range: Range<usize>,
-    pub items: Arc<Vec<Item>>,
+    pub texts: Arc<dyn TextSource>,
     pub sink: Arc<dyn ResultSink>,
     /// The model the batch requires, if any.
     pub model: Option<String>,
@@ -71,11 +73,20 @@ fn cache_key(model: &str, text: &str) -> String {
 pub async fn run(shared: &Shared, tx: &mpsc::Sender<Command>, a: &Attempt) -> (Outcome, bool) {
     let began = Instant::now();
     let m = &shared.metrics;
+    let items = tokio::select! {
+        biased;
+        _ = a.stop.cancelled() => return (Outcome::Cancelled, false),
+        items = a.texts.read(a.range.clone()) => items,
+    };
+    let items = match items {
+        Ok(items) => items,
+        Err(e) => return (Outcome::Source(e), false),
+    };
     let served = shared.served_model.read().expect("the lock is never poisoned. This is a bug.").clone();
     // Each distinct text once: from the cache, or in the request.
     let mut known: HashMap<&str, (PredictionResult, bool)> = HashMap::new();
     let mut ask: Vec<&str> = Vec::new();
-    for item in &a.items[a.range.clone()] {
+    for item in &items {
         let text = item.text.as_str();
         if known.contains_key(text) || ask.contains(&text) {
             continue;
@@ -132,11 +143,8 @@ pub async fn run(shared: &Shared, tx: &mpsc::Sender<Command>, a: &Attempt) -> (O
     let _ = tx.send(Command::Answered { endpoint: a.url.clone(), chunk: a.range.len(), asked: texts, elapsed }).await;
     // Later duplicates of a text inside the chunk were computed once: they are hits too.
     let mut seen = HashSet::new();
-    let lines: Vec<ResultLine> = a
-        .range
-        .clone()
-        .map(|index| {
-            let item = &a.items[index];
+    let lines: Vec<ResultLine> = (a.range.clone().zip(&items))
+        .map(|(index, item)| {
             let (r, hit) = &known[item.text.as_str()];
             let cached = *hit || !seen.insert(item.text.as_str());
             ResultLine { index, id: item.id.clone(), prediction: Some(PredictionResult { cached, ..r.clone() }), error: None }

@@ -7,9 +7,9 @@
 //! [`Outcome`]s and the engine decides: try another endpoint, back off, split the chunk
 //! to isolate a failing text, or give the text up with its error.
 //!
-//! The engine reaches the world through two small traits, so its tests drive it with
-//! in-memory fakes: [`Predict`] (predict these texts on that endpoint) and
-//! [`ResultSink`] (commit this part of a job's results).
+//! The engine reaches the world through three small traits, so its tests drive it with
+//! in-memory fakes: [`Predict`] (predict these texts on that endpoint), [`TextSource`]
+//! (read these of a job's texts) and [`ResultSink`] (commit this part of a job's results).
 
 mod chunk;
 pub mod pool;
@@ -38,7 +38,7 @@ use self::chunk::{Attempt, Shared};
 use self::pool::Pool;
 use crate::metrics::Metrics;
 use crate::scheduler::{Chunk, JobId, QueueFull, Scheduler, Shares, Tenant};
-use crate::source::Item;
+use crate::source::{Item, SourceError};
 
 /// How long one request to an inference endpoint may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -69,6 +69,17 @@ impl ResultSink for Store {
     }
 }
 
+/// Where a job's texts come from, a range at a time: a chunk reads its texts when it
+/// runs, so the engine holds only the texts of chunks in flight (and what the source
+/// keeps to read them).
+#[async_trait::async_trait]
+pub trait TextSource: Send + Sync {
+    /// How many texts the job has.
+    fn len(&self) -> usize;
+    /// Texts `range` (within `0..len()`), in order.
+    async fn read(&self, range: Range<usize>) -> Result<Vec<Item>, SourceError>;
+}
+
 /// The HTTP client the engine uses in production.
 pub fn http_predictor() -> Arc<dyn Predict> {
     Arc::new(inference_api::client::HttpPredictor::new(REQUEST_TIMEOUT))
@@ -78,7 +89,7 @@ pub fn http_predictor() -> Arc<dyn Predict> {
 pub struct JobStart {
     pub id: JobId,
     pub object: ObjectRef<SentimentBatch>,
-    pub items: Arc<Vec<Item>>,
+    pub texts: Arc<dyn TextSource>,
     pub remaining: Vec<Range<usize>>,
     pub committed: Tally,
     pub sink: Arc<dyn ResultSink>,
@@ -356,7 +367,7 @@ impl State {
             }
             Command::Progress { id, reply } => {
                 let _ = reply.send(self.jobs.get(&id).map(|j| Progress {
-                    total: j.start.items.len(),
+                    total: j.start.texts.len(),
                     tally: j.tally.clone(),
                     done: j.fatal.is_none() && !j.expired && !j.suspended && self.sched.is_drained(&id),
                     fatal: j.fatal.clone(),
@@ -444,6 +455,17 @@ impl State {
                 // The failure now counts as an attempt, halving to find the text.
                 self.isolate(Chunk { transient: 0, ..chunk }, endpoint, why, now);
             }
+            Outcome::Source(e @ SourceError::Changed(_)) => self.fail(&chunk.job, e.reason(), e.to_string()),
+            Outcome::Source(e) if chunk.attempts + 1 >= STORE_ATTEMPTS => {
+                tracing::warn!(error = %e, "the source cannot be read; failing the batch");
+                self.fail(&chunk.job, e.reason(), format!("reading texts failed {STORE_ATTEMPTS} times: {e}"));
+            }
+            Outcome::Source(e) => {
+                tracing::warn!(error = %e, "reading texts");
+                retries.inc();
+                let at = now + RETRY.delay(chunk.attempts);
+                self.sched.retry(Chunk { attempts: chunk.attempts + 1, ..chunk }, at);
+            }
             Outcome::Store(why) if chunk.attempts + 1 >= STORE_ATTEMPTS => {
                 tracing::warn!(%why, "results cannot be written; failing the batch");
                 self.fail(&chunk.job, "ResultsUnwritable", format!("writing results failed {STORE_ATTEMPTS} times: {why}"));
@@ -490,7 +512,7 @@ impl State {
             // Dead-lettered: the failure is committed like a result, so it is counted
             // once and survives a restart. The chunk stays in flight until then.
             self.sched.hold(&chunk.job);
-            self.give_up(chunk, why, "inference_error");
+            self.give_up(chunk, why);
         }
     }
 
@@ -504,19 +526,26 @@ impl State {
         }
     }
 
-    /// Commits `chunk`'s texts as failed with `why`.
-    fn give_up(&mut self, chunk: Chunk, why: String, reason: &str) {
+    /// Commits `chunk`'s texts as failed with `why` (each with its id, read again).
+    fn give_up(&mut self, chunk: Chunk, why: String) {
         let job = self.jobs.get_mut(&chunk.job).expect("a job's chunk came back. This is a bug.");
         job.outstanding += 1;
-        let lines: Vec<ResultLine> = chunk
-            .range
-            .clone()
-            .map(|index| ResultLine { index, id: job.start.items[index].id.clone(), prediction: None, error: Some(why.clone()) })
-            .collect();
-        self.shared.metrics.item_failures.with_label_values(&[reason]).inc_by(lines.len() as u64);
-        let (sink, stop, tx) = (job.start.sink.clone(), job.stop.clone(), self.tx.clone());
+        let (texts, sink, stop, tx) = (job.start.texts.clone(), job.start.sink.clone(), job.stop.clone(), self.tx.clone());
+        let failures = self.shared.metrics.item_failures.with_label_values(&["inference_error"]);
         self.tasks.spawn(async move {
-            let outcome = chunk::commit(sink.as_ref(), &stop, Part::new(chunk.range.start, lines)).await;
+            let outcome = match texts.read(chunk.range.clone()).await {
+                Ok(items) => {
+                    let lines: Vec<ResultLine> = (chunk.range.clone().zip(items))
+                        .map(|(index, item)| ResultLine { index, id: item.id, prediction: None, error: Some(why.clone()) })
+                        .collect();
+                    let outcome = chunk::commit(sink.as_ref(), &stop, Part::new(chunk.range.start, lines)).await;
+                    if let Outcome::Committed(_) = outcome {
+                        failures.inc_by(chunk.len() as u64);
+                    }
+                    outcome
+                }
+                Err(e) => Outcome::Source(e),
+            };
             let _ = tx.send(Command::Returned { chunk, endpoint: None, outcome }).await;
         });
     }
@@ -567,7 +596,7 @@ impl State {
             let attempt = Attempt {
                 url,
                 range: chunk.range.clone(),
-                items: job.start.items.clone(),
+                texts: job.start.texts.clone(),
                 sink: job.start.sink.clone(),
                 model: job.start.model.clone(),
                 stop: job.stop.clone(),
@@ -605,7 +634,7 @@ impl State {
 }
 
 fn eta(job: &Job, now: Instant) -> Option<i64> {
-    let left = job.start.items.len().saturating_sub(job.tally.done());
+    let left = job.start.texts.len().saturating_sub(job.tally.done());
     let secs = now.duration_since(job.began).as_secs_f64();
     (job.done_here > 0 && secs > 0.0).then(|| (left as f64 / (job.done_here as f64 / secs)).ceil() as i64)
 }

@@ -12,6 +12,7 @@ use inference_api::client::PredictError;
 use kubesentiment_core::store::Part;
 
 use super::*;
+use crate::source::Packed;
 
 /// An inference pool in memory: endpoints that answer, are unreachable, shed load,
 /// refuse a poison text or die on a crashing one; every call is recorded.
@@ -150,8 +151,34 @@ fn cfg() -> AsyncBatch {
     AsyncBatch { max_batch_size: 50, max_retries: 3, ..Default::default() }
 }
 
-fn items(texts: impl IntoIterator<Item = String>) -> Arc<Vec<Item>> {
-    Arc::new(texts.into_iter().map(|text| Item { id: None, text }).collect())
+fn items(texts: impl IntoIterator<Item = String>) -> Arc<dyn TextSource> {
+    Arc::new(Packed::from(texts.into_iter().map(|text| Item { id: None, text }).collect::<Vec<_>>()))
+}
+
+/// Texts read a range at a time, as from an S3 source: the first reads can fail, and
+/// from some read on the source can be "changed".
+struct FlakyTexts {
+    items: Vec<Item>,
+    fail_first: AtomicUsize,
+    changed_from: usize,
+    reads: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl TextSource for FlakyTexts {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    async fn read(&self, range: Range<usize>) -> Result<Vec<Item>, SourceError> {
+        if self.reads.fetch_add(1, Ordering::Relaxed) >= self.changed_from {
+            return Err(SourceError::Changed("replaced".into()));
+        }
+        if self.fail_first.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            return Err(SourceError::Unreadable("connection reset".into()));
+        }
+        Ok(self.items[range].to_vec())
+    }
 }
 
 fn distinct(n: usize) -> Vec<String> {
@@ -160,14 +187,14 @@ fn distinct(n: usize) -> Vec<String> {
 
 impl Harness {
     /// Admits and starts a job over `texts`, due within `within`.
-    async fn start(&self, id: &str, texts: Arc<Vec<Item>>, sink: Arc<FakeSink>, within: Duration) {
+    async fn start(&self, id: &str, texts: Arc<dyn TextSource>, sink: Arc<FakeSink>, within: Duration) {
         let deadline = now() + within;
         self.engine.admit(id, Priority::Medium, Tenant::new("t"), deadline).await.unwrap();
         let job = JobStart {
             id: id.into(),
             object: ObjectRef::new(id).within("test"),
             remaining: vec![0..texts.len()],
-            items: texts,
+            texts,
             committed: Tally::default(),
             sink,
             max_batch: 1000,
@@ -322,6 +349,29 @@ async fn transient_answers_back_off_and_never_dead_letter_on_their_own() {
     h.shut_down().await;
 }
 
+/// A chunk reads its texts when it runs: a failed read is retried (the texts are not
+/// at fault), and a source that changed under the batch fails it with `SourceChanged`.
+#[tokio::test(start_paused = true)]
+async fn texts_are_read_per_chunk_and_a_changed_source_fails_the_batch() {
+    for (fail_first, changed_from, want) in [(4, usize::MAX, None), (0, 3, Some("SourceChanged"))] {
+        let (pool, _gate) = FakePool::new();
+        let h = harness(cfg(), pool, &["http://a"]);
+        let sink = Arc::new(FakeSink::default());
+        let items = distinct(500).into_iter().map(|text| Item { id: None, text }).collect();
+        let texts = FlakyTexts { items, fail_first: AtomicUsize::new(fail_first), changed_from, reads: AtomicUsize::new(0) };
+        h.start("job", Arc::new(texts), sink.clone(), Duration::from_secs(600)).await;
+        let p = h.settle("job").await;
+        assert_eq!(p.fatal.as_ref().map(|f| f.0), want, "{p:?}");
+        if want.is_none() {
+            assert!(p.done && p.tally.ok == 500, "{p:?}");
+            exactly_once(&sink, 500);
+        } else {
+            assert!(sink.indices().len() < 500, "the batch stopped");
+        }
+        h.shut_down().await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_store_failure_is_retried_and_commits_once() {
     let (pool, _gate) = FakePool::new();
@@ -410,7 +460,7 @@ async fn a_model_other_than_the_batch_asks_for_fails_it() {
         id: "job".into(),
         object: ObjectRef::new("job").within("test"),
         remaining: vec![0..10],
-        items: texts,
+        texts,
         committed: Tally::default(),
         sink: sink.clone(),
         max_batch: 1000,
