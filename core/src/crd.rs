@@ -107,7 +107,8 @@ pub struct TextSource {
     /// JSONL with `text` and optional `id`, or one text per line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_key_ref: Option<ConfigMapKeyRef>,
-    /// An S3 object in one of the same formats.
+    /// An S3 object in one of the same formats. JSONL and lines are streamed and read a
+    /// window at a time, at any size; a JSON array is read whole, up to 16 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Source>,
 }

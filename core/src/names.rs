@@ -25,3 +25,30 @@ pub const SUBMITTED_BY: &str = "kubesentiment.io/submitted-by";
 pub const WEIGHT_ANNOTATION: &str = "kubesentiment.io/weight";
 /// Set this annotation on a finished batch to compute its failed items again.
 pub const RETRY_FAILED: &str = "kubesentiment.io/retry-failed";
+
+/// Whether `name` can name a namespaced resource (a DNS-1123 subdomain, as the API
+/// server requires): checked before a client's job id reaches the API server, where an
+/// impossible name is simply a job that does not exist.
+pub fn is_resource_name(name: &str) -> bool {
+    let label = |l: &str| {
+        let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        edge(l.chars().next()) && edge(l.chars().last()) && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    name.len() <= 253 && name.split('.').all(label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_names_are_dns_subdomains() {
+        for ok in ["a", "0", "job-1", "9c1b2e4e-7f0a-4c1d-9a8b-0d3c2e1f4a5b", "a.b-c.d", &"a".repeat(253)] {
+            assert!(is_resource_name(ok), "{ok}");
+        }
+        let long = "a".repeat(254);
+        for bad in ["", "-a", "a-", "A", "a_b", "a..b", ".a", "a.", "7%15%F4%82%98%AD", "ü", "a b", "a/b", &long] {
+            assert!(!is_resource_name(bad), "{bad}");
+        }
+    }
+}

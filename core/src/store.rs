@@ -103,10 +103,12 @@ pub struct Manifest {
     /// Further shards of the manifest, in order, each a JSON array like `parts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub more_parts: Vec<String>,
-    /// The dead-letter list (every failed item, JSONL): its first shard.
+    /// The dead-letter list (every failed item, JSONL): its first shard. Absent when no
+    /// text failed (nothing is written then).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub failures: String,
     /// Every shard of the dead-letter list, in index order, `failures` first.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failure_shards: Vec<String>,
     pub failed_texts: usize,
 }
@@ -328,7 +330,10 @@ impl Store {
         let corrupt = |location: String, why: String| StoreError::Corrupt { location, why };
         let manifest: Manifest = serde_json::from_str(&head).map_err(|e| corrupt(self.manifest_location(), e.to_string()))?;
         let mut lines = Vec::with_capacity(manifest.failed_texts);
-        for shard in 0..manifest.failure_shards.len().max(1) {
+        // A manifest from before `failureShards` names its one shard in `failures` alone.
+        let shards =
+            if manifest.failure_shards.is_empty() { usize::from(!manifest.failures.is_empty()) } else { manifest.failure_shards.len() };
+        for shard in 0..shards {
             let entry = Entry::failures(shard);
             let body = self.get(&entry).await?.unwrap_or_default();
             for l in body.lines().filter(|l| !l.is_empty()) {
@@ -345,9 +350,9 @@ impl Store {
             Store::ConfigMaps { .. } => (FAILURES_PER_SHARD, PARTS_PER_MANIFEST_SHARD),
             Store::Objects { .. } => (usize::MAX, usize::MAX),
         };
-        let shards: Vec<&[ResultLine]> = if failures.is_empty() { vec![&[]] } else { failures.chunks(per_failures).collect() };
-        let mut failure_shards = Vec::with_capacity(shards.len());
-        for (i, shard) in shards.iter().enumerate() {
+        // No failures, no list: a successful batch writes only its manifest here.
+        let mut failure_shards = Vec::new();
+        for (i, shard) in failures.chunks(per_failures).enumerate() {
             let entry = Entry::failures(i);
             self.put(&entry, to_jsonl(shard)).await?;
             failure_shards.push(self.location(&entry));
@@ -366,7 +371,7 @@ impl Store {
             total_texts: total,
             parts: first,
             more_parts,
-            failures: self.failures_location(),
+            failures: failure_shards.first().cloned().unwrap_or_default(),
             failure_shards,
             failed_texts: failures.len(),
         };
@@ -392,13 +397,21 @@ impl Store {
         Ok(())
     }
 
-    /// Removes what the batch does not own: objects outside the cluster. ConfigMaps are
-    /// garbage-collected through their owner reference instead.
-    pub async fn delete_unowned(&self) -> Result<(), StoreError> {
-        if let Store::Objects { store, prefix, .. } = self {
-            let metas: Vec<_> = store.list(Some(prefix)).try_collect().await?;
-            for meta in metas {
-                store.delete(&meta.location).await?;
+    /// Removes every result of the batch, as it is deleted: objects outside the cluster
+    /// one by one, and its ConfigMaps in one request. Those would be garbage-collected
+    /// through their owner reference anyway, but only at the controller-manager's pace
+    /// (20 requests a second by default), which thousands of expiring jobs outrun.
+    pub async fn delete_all(&self) -> Result<(), StoreError> {
+        match self {
+            Store::ConfigMaps { api, uid, .. } => {
+                let owned = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid}"));
+                api.delete_collection(&DeleteParams::background(), &owned).await?;
+            }
+            Store::Objects { store, prefix, .. } => {
+                let metas: Vec<_> = store.list(Some(prefix)).try_collect().await?;
+                for meta in metas {
+                    store.delete(&meta.location).await?;
+                }
             }
         }
         Ok(())

@@ -22,6 +22,9 @@ pub enum ApiError {
     /// 409: the transition is not allowed from the job's state.
     #[error("{0}")]
     Conflict(String),
+    /// 400 or 426: a WebSocket route asked without a valid WebSocket upgrade.
+    #[error("{message}")]
+    NotWebSocket { status: StatusCode, message: String },
     /// 413: more than the configured size.
     #[error("{message}")]
     TooLarge { field: Option<String>, message: String },
@@ -54,12 +57,22 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::NotWebSocket { status, .. } => (*status, "websocket_required"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
             ApiError::Busy { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+}
+
+impl From<axum::extract::ws::rejection::WebSocketUpgradeRejection> for ApiError {
+    fn from(e: axum::extract::ws::rejection::WebSocketUpgradeRejection) -> Self {
+        let status = e.status();
+        let message = format!("a WebSocket upgrade is required: {}", e.body_text());
+        // The method is fixed by the route, so only 400 and 426 reach here.
+        ApiError::NotWebSocket { status: if status == StatusCode::UPGRADE_REQUIRED { status } else { StatusCode::BAD_REQUEST }, message }
     }
 }
 

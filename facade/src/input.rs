@@ -25,19 +25,25 @@ pub struct Limits {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// Texts, or items with `text` and an optional `custom_id` echoed in the results.
+    /// Texts, or items with `text` and an optional `custom_id` echoed in the results; at
+    /// most the configured `max_batch_size_per_request` (1,000 by default).
+    #[schema(min_items = 1)]
     pub texts: Vec<TextItem>,
     /// `high`, `medium` (default) or `low`.
     #[serde(default)]
     pub priority: Priority,
     /// Most texts sent to an inference server in one request (1–10,000).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_000)]
     pub max_batch_size: Option<i64>,
-    /// Seconds until the job expires; default from the operator's configuration.
+    /// Seconds until the job expires (at most the configured maximum, and 604,800);
+    /// default from the operator's configuration.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604_800)]
     pub timeout_seconds: Option<i64>,
     /// The model the inference pool must serve; the job fails if it serves another.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 253)]
     pub model: Option<String>,
 }
 
@@ -46,8 +52,10 @@ pub struct BatchRequest {
 pub enum TextItem {
     Text(String),
     Item {
+        #[schema(min_length = 1, max_length = 10_000)]
         text: String,
         #[serde(default)]
+        #[schema(min_length = 1, max_length = 256)]
         custom_id: Option<String>,
     },
 }
@@ -56,6 +64,8 @@ pub enum TextItem {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
+    /// At most the configured `max_batch_size_per_request` (1,000 by default).
+    #[schema(min_items = 1)]
     pub texts: Vec<String>,
 }
 

@@ -42,6 +42,10 @@ pub fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 impl Facade {
     /// The job `id` if `tenant` may see it: from the cache, else from the API server.
     pub async fn job(&self, tenant: &Tenant, id: &str) -> Result<Arc<SentimentBatch>, ApiError> {
+        // No resource can have an impossible name: it is not sent to the API server.
+        if !kubesentiment_core::names::is_resource_name(id) {
+            return Err(ApiError::no_job(id));
+        }
         let cached = self.jobs.get(&ObjectRef::new(id).within(&tenant.namespace));
         let job = match cached {
             Some(j) => j,

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Extension, Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -61,15 +62,19 @@ fn follow(f: &Facade, tenant: &Tenant, id: &str) -> impl Stream<Item = BatchJobS
 
 /// A job's status over a WebSocket.
 #[utoipa::path(get, path = "/api/v1/batch/ws/{job_id}", tag = "batch", params(("job_id" = String, Path)),
-    responses((status = 101, description = "WebSocket of BatchJobStatus documents, as text frames"), (status = 404, body = inference_api::ErrorBody)),
+    responses((status = 101, description = "WebSocket of BatchJobStatus documents, as text frames"),
+        (status = 400, description = "not a WebSocket upgrade request", body = inference_api::ErrorBody),
+        (status = 401, body = inference_api::ErrorBody), (status = 404, body = inference_api::ErrorBody),
+        (status = 426, description = "the connection cannot be upgraded", body = inference_api::ErrorBody)),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn ws(
     State(f): State<Arc<Facade>>,
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     f.job(&tenant, &id).await?;
+    let upgrade = upgrade?;
     let docs = follow(&f, &tenant, &id);
     Ok(upgrade.on_upgrade(move |socket| send_all(socket, docs)).into_response())
 }

@@ -329,7 +329,9 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         );
         return finalize(batch, ctx, &store, Phase::Failed, "SourceChanged", &msg).await;
     }
-    let parts = store.read_parts().await?;
+    // A batch that never ran has no parts (its Running status, with startedAt, is written
+    // before its first chunk can run), so there is nothing to list.
+    let parts = if old.started_at.is_none() { Vec::new() } else { store.read_parts().await? };
     let committed = Tally::of(parts.iter().flat_map(|p| &p.lines));
     let total = texts.len();
     let max_batch = batch
@@ -346,6 +348,8 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         ..status::counts(&old, total, &committed)
     };
     let location = store.manifest_location();
+    // Running (and startedAt) is on record before any chunk can commit a part.
+    write_status(batch, ctx, status::running(batch, counts.clone(), location)).await?;
     ctx.engine
         .start_job(JobStart {
             id: uid,
@@ -373,7 +377,6 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         }
         _ => {}
     }
-    write_status(batch, ctx, status::running(batch, counts, location)).await?;
     Ok(Action::requeue(STATUS_PERIOD.min(left)))
 }
 
@@ -522,7 +525,7 @@ async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error>
     }
     forget(ctx, &uid).await;
     if let Ok(store) = Store::for_batch(&ctx.client, batch, &ctx.stores)
-        && let Err(e) = store.delete_unowned().await
+        && let Err(e) = store.delete_all().await
     {
         if failures_in_a_row(ctx, &uid) + 1 < FINAL_ATTEMPTS {
             return Err(e.into());

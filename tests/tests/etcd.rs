@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
 use kubesentiment_core::crd::Phase;
+use kubesentiment_core::names::BATCH_UID_LABEL;
 use kubesentiment_tests::batches::{Env, env};
 use kubesentiment_tests::stack::{Inference, Proc, operator, register};
 use kubesentiment_tests::{eventually, texts};
@@ -116,14 +118,18 @@ async fn etcd_stops_growing_with_a_ttl() {
             .await
             .unwrap();
         let grown = storage_bytes(&env);
-        eventually(Duration::from_secs(1800), "every job done and deleted after its TTL", || {
-            let batches = env.batches();
-            async move { Ok(batches.list_metadata(&ListParams::default()).await?.items.is_empty().then_some(())) }
+        eventually(Duration::from_secs(1800), "every job done and deleted after its TTL, with its results", || {
+            let (batches, results) = (env.batches(), env.ns.api::<ConfigMap>());
+            async move {
+                let batches = batches.list_metadata(&ListParams::default()).await?.items;
+                let results = results.list_metadata(&ListParams::default().labels(BATCH_UID_LABEL)).await?.items;
+                Ok((batches.is_empty() && results.is_empty()).then_some(()))
+            }
         })
         .await
         .unwrap();
         println!(
-            "round {round}: {JOBS} jobs done and deleted {:?} after the first create; etcd {:.1} MB when all were created, {:.1} MB now",
+            "round {round}: {JOBS} jobs done and deleted with their results {:?} after the first create; etcd {:.1} MB when all were created, {:.1} MB now",
             began.elapsed(),
             grown / 1e6,
             storage_bytes(&env) / 1e6
