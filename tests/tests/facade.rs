@@ -242,6 +242,16 @@ async fn the_briefs_curl_flow_field_for_field() {
     );
     let missing = rest.call(Method::GET, "/api/v1/batch/status/no-such-job", None).await.unwrap();
     assert_eq!((missing.status, missing.body["error"].as_str()), (404, Some("not_found")));
+    // Ids no resource can have (schemathesis found these reaching the API server as 503s)
+    // are jobs that do not exist.
+    for id in ["7%2515%25F4%2582%2598%25AD", "UPPER", "a_b", "%E2%82%AC", "a..b", &"a".repeat(300)] {
+        for (method, route) in [(Method::GET, "status"), (Method::GET, "results"), (Method::DELETE, "jobs"), (Method::GET, "events")] {
+            let a = rest.call(method.clone(), &format!("/api/v1/batch/{route}/{id}"), None).await.unwrap();
+            assert_eq!((a.status, a.body["error"].as_str()), (404, Some("not_found")), "{method} {route}/{id}");
+        }
+    }
+    let plain = rest.call(Method::GET, &format!("/api/v1/batch/ws/{id}"), None).await.unwrap();
+    assert_eq!((plain.status, plain.body["error"].as_str()), (400, Some("websocket_required")), "{}", plain.body);
     let bad = rest.call(Method::POST, "/api/v1/batch/predict", Some(json!({"texts": ["ok", ""]}))).await.unwrap();
     assert_eq!((bad.status, bad.body["field"].as_str()), (422, Some("texts[1]")));
     let conflict = rest.call(Method::DELETE, &format!("/api/v1/batch/jobs/{id}"), None).await.unwrap();
