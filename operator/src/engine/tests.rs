@@ -312,20 +312,27 @@ async fn an_unreachable_endpoint_is_skipped_and_its_chunks_move() {
     h.shut_down().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn busy_answers_back_off_then_succeed_without_spending_attempts() {
-    let (pool, _gate) = FakePool::new();
-    pool.busy_first.store(5, Ordering::Relaxed);
-    let h = harness(AsyncBatch { workers: 1, ..cfg() }, pool.clone(), &["http://a"]);
+/// Runs ten texts (one worker, `max_retries` 1) through `pool` until every one has its
+/// result, none failed; returns how long that took.
+async fn ten_texts_succeed(pool: Arc<FakePool>, endpoints: &[&str]) -> Duration {
+    let h = harness(AsyncBatch { workers: 1, max_retries: 1, ..cfg() }, pool, endpoints);
     let sink = Arc::new(FakeSink::default());
     let began = now();
     h.start("job", items(distinct(10)), sink.clone(), Duration::from_secs(600)).await;
     let p = h.settle("job").await;
     assert!(p.done && p.tally.ok == 10 && p.tally.failed == 0, "{p:?}");
     exactly_once(&sink, 10);
-    assert_eq!(pool.calls().len(), 6, "five 429s, then the answer");
-    assert!(now().duration_since(began) >= 5 * BUSY_RETRY, "each 429 waits before the retry");
     h.shut_down().await;
+    now().duration_since(began)
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_answers_back_off_then_succeed_without_spending_attempts() {
+    let (pool, _gate) = FakePool::new();
+    pool.busy_first.store(5, Ordering::Relaxed);
+    let took = ten_texts_succeed(pool.clone(), &["http://a"]).await;
+    assert_eq!(pool.calls().len(), 6, "five 429s, then the answer");
+    assert!(took >= 5 * BUSY_RETRY, "each 429 waits before the retry");
 }
 
 /// 503s (a pod not ready, restarting or shutting down) back off on another endpoint
@@ -334,19 +341,12 @@ async fn busy_answers_back_off_then_succeed_without_spending_attempts() {
 async fn transient_answers_back_off_and_never_dead_letter_on_their_own() {
     let (pool, _gate) = FakePool::new();
     pool.failing_first.store(TRANSIENT_BUDGET as usize - 1, Ordering::Relaxed);
-    let h = harness(AsyncBatch { workers: 1, max_retries: 1, ..cfg() }, pool.clone(), &["http://a", "http://b"]);
-    let sink = Arc::new(FakeSink::default());
-    let began = now();
-    h.start("job", items(distinct(10)), sink.clone(), Duration::from_secs(600)).await;
-    let p = h.settle("job").await;
-    assert!(p.done && p.tally.ok == 10 && p.tally.failed == 0, "{p:?}");
-    exactly_once(&sink, 10);
+    let took = ten_texts_succeed(pool.clone(), &["http://a", "http://b"]).await;
     let calls = pool.calls();
     assert_eq!(calls.len(), TRANSIENT_BUDGET as usize, "five 503s, then the answer");
     assert!(calls.windows(2).all(|w| w[0].0 != w[1].0), "each retry goes to the other endpoint: {calls:?}");
     let backoff: Duration = (0..TRANSIENT_BUDGET - 1).map(|n| RETRY.delay(n)).sum();
-    assert!(now().duration_since(began) >= backoff, "each 503 backs off longer");
-    h.shut_down().await;
+    assert!(took >= backoff, "each 503 backs off longer");
 }
 
 /// A chunk reads its texts when it runs: a failed read is retried (the texts are not
