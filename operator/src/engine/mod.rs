@@ -76,6 +76,10 @@ impl ResultSink for Store {
 pub trait TextSource: Send + Sync {
     /// How many texts the job has.
     fn len(&self) -> usize;
+    /// Never true of an admitted batch's texts (a source without texts is invalid).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Texts `range` (within `0..len()`), in order.
     async fn read(&self, range: Range<usize>) -> Result<Vec<Item>, SourceError>;
 }
