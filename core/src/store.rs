@@ -17,7 +17,7 @@ use futures_util::TryStreamExt;
 use inference_api::PredictionResult;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -130,6 +130,8 @@ pub enum StoreError {
     BadUrl { url: String, why: String },
     #[error("corrupt result part {location}: {why}")]
     Corrupt { location: String, why: String },
+    #[error("ConfigMap {name} already exists and is not this batch's; it is left as it is")]
+    NameClash { name: String },
 }
 
 /// A batch's results store.
@@ -235,10 +237,22 @@ impl Store {
                     data: Some([(entry.key.to_string(), body)].into()),
                     ..Default::default()
                 };
-                let mut value = serde_json::to_value(&cm).expect("a ConfigMap serializes. This is a bug.");
-                value["apiVersion"] = "v1".into();
-                value["kind"] = "ConfigMap".into();
-                api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value)).await?;
+                // Created, so that a ConfigMap of the same name that is not ours is never
+                // overwritten; one that is ours (a retry, another leader's part) is replaced.
+                match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &cm).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        let existing = api.get_metadata(&name).await?;
+                        if !existing.owner_references().iter().any(|o| o.uid == owner.uid) {
+                            return Err(StoreError::NameClash { name });
+                        }
+                        let mut value = serde_json::to_value(&cm).expect("a ConfigMap serializes. This is a bug.");
+                        value["apiVersion"] = "v1".into();
+                        value["kind"] = "ConfigMap".into();
+                        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value)).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Store::Objects { store, prefix, .. } => {
                 store.put(&entry.object(prefix), body.into()).await?;

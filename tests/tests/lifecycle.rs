@@ -169,6 +169,30 @@ async fn results_that_cannot_be_written_fail_the_batch_in_bounded_time() {
     assert!(events.contains("ResultsUnwritable"), "{events}");
 }
 
+/// A ConfigMap that happens to have the name of a batch's results is someone else's: it
+/// is neither overwritten nor deleted, and the batch fails saying so.
+#[tokio::test]
+async fn a_configmap_that_is_not_the_batchs_is_never_overwritten() {
+    let Some((env, _inf)) = with_inference("clash").await else { return };
+    let _op = operator(env.cluster, &env.ns.name, &[], &[]).unwrap();
+    env.configmap("theirs-results", json!({"manifest.json": "not yours"})).await;
+    env.create("theirs", json!({"texts": texts(10, "c")})).await.unwrap();
+    let b = env.phase("theirs", Phase::Failed).await;
+    assert_eq!(status(&b).reason.as_deref(), Some("ResultsUnwritable"), "{:#?}", b.status);
+    let message = &condition(&b, "Failed").unwrap().message;
+    assert!(message.contains("theirs-results already exists and is not this batch's"), "{message}");
+    let untouched = |cm: ConfigMap| cm.data.unwrap()["manifest.json"] == "not yours" && cm.metadata.owner_references.is_none();
+    assert!(untouched(env.ns.api::<ConfigMap>().get("theirs-results").await.unwrap()));
+    env.batches().delete("theirs", &Default::default()).await.unwrap();
+    eventually(LONG, "the batch gone", || {
+        let batches = env.batches();
+        async move { Ok(batches.get_opt("theirs").await?.is_none().then_some(())) }
+    })
+    .await
+    .unwrap();
+    assert!(untouched(env.ns.api::<ConfigMap>().get("theirs-results").await.unwrap()), "kept after the batch's deletion");
+}
+
 #[tokio::test]
 async fn deleting_a_batch_whose_s3_results_are_unreachable_completes() {
     let Some((env, _inf)) = with_inference("s3gone").await else { return };
