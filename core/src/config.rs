@@ -243,6 +243,11 @@ impl ObjectStores {
     pub fn s3(&self) -> AmazonS3Builder {
         self.s3.iter().fold(AmazonS3Builder::new(), |b, (k, v)| b.with_config(*k, v))
     }
+
+    /// The S3 endpoint the operator's own credentials are for (`AWS_ENDPOINT`), if not AWS.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.s3.iter().find(|(k, _)| *k == AmazonS3ConfigKey::Endpoint).map(|(_, v)| v.as_str())
+    }
 }
 
 impl std::fmt::Debug for ObjectStores {

@@ -108,7 +108,8 @@ pub struct TextSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_key_ref: Option<ConfigMapKeyRef>,
     /// An S3 object in one of the same formats. JSONL and lines are streamed and read a
-    /// window at a time, at any size; a JSON array is read whole, up to 16 MiB.
+    /// window at a time, at any size; a JSON array is read whole, up to 16 MiB. With an
+    /// `endpoint` other than the operator's own, `credentialsSecretRef` is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Source>,
 }
@@ -136,7 +137,8 @@ pub struct S3Source {
     #[schemars(length(max = 64))]
     pub region: Option<String>,
     /// A Secret in the batch's namespace with `accessKeyId` and `secretAccessKey`
-    /// (and optionally `sessionToken`). Unset: the operator's own credentials.
+    /// (and optionally `sessionToken`). Unset: the operator's own credentials, which go
+    /// only to AWS or to the operator's own endpoint (`AWS_ENDPOINT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 }

@@ -308,6 +308,16 @@ impl TextSource for S3Texts {
 }
 
 async fn s3_store(client: &Client, namespace: &str, s3: &S3Source, stores: &ObjectStores) -> Result<Arc<dyn ObjectStore>, SourceError> {
+    // The operator's own credentials go only to AWS or to its own endpoint: a source that
+    // names another endpoint brings credentials for it, so that a batch cannot send them
+    // to a server of its choosing.
+    if let Some(endpoint) = &s3.endpoint
+        && s3.credentials_secret_ref.is_none()
+        && stores.endpoint() != Some(endpoint.as_str())
+    {
+        let why = format!("source.s3: endpoint {endpoint} is not the operator's own, so source.s3.credentialsSecretRef is required");
+        return Err(SourceError::Invalid(why));
+    }
     let mut b = stores.s3().with_bucket_name(&s3.bucket);
     if let Some(endpoint) = &s3.endpoint {
         b = b.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://")).with_virtual_hosted_style_request(false);

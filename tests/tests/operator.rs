@@ -122,7 +122,11 @@ async fn bad_sources_and_models_fail_with_a_reason_and_an_event() {
     env.create("missing", json!({"source": {"configMapKeyRef": {"name": "nope", "key": "k"}}})).await.unwrap();
     env.create("invalid", json!({"source": {"configMapKeyRef": {"name": "bad", "key": "k"}}})).await.unwrap();
     env.create("wrong-model", json!({"texts": ["hello there"], "model": "distilbert-base-uncased-finetuned-sst-2-english"})).await.unwrap();
+    // An endpoint of the batch's choosing gets no credentials but the batch's own.
+    let elsewhere = json!({"s3": {"bucket": "b", "key": "k", "endpoint": "http://169.254.169.254"}});
+    env.create("ambient", json!({"source": elsewhere})).await.unwrap();
     for (name, reason, says) in [
+        ("ambient", "SourceInvalid", "credentialsSecretRef is required"),
         ("missing", "SourceUnreadable", "does not exist"),
         ("invalid", "SourceInvalid", "line 2"),
         ("wrong-model", "ModelMismatch", "minilm"),
