@@ -144,11 +144,20 @@ impl Target {
         Ok(())
     }
 
-    /// Removes what the run created, where the target can.
+    /// Removes what the run created, where the target can, and waits (up to a minute)
+    /// until the operator has let the batches go (its finalizer deletes their results).
     pub async fn clean_up(&self) -> anyhow::Result<()> {
         if let Target::Kube(k) = self {
             let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", k.run));
-            Api::<SentimentBatch>::namespaced(k.client.clone(), &k.namespace).delete_collection(&DeleteParams::background(), &lp).await?;
+            let api = Api::<SentimentBatch>::namespaced(k.client.clone(), &k.namespace);
+            api.delete_collection(&DeleteParams::background(), &lp).await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !api.list_metadata(&lp).await?.items.is_empty() {
+                if Instant::now() > deadline {
+                    anyhow::bail!("the run's batches were still there a minute after their deletion");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         Ok(())
     }
