@@ -62,10 +62,15 @@ impl Release {
         .await
     }
 
-    /// The pod holding the operator's Lease.
+    /// The pod holding the operator's Lease (waiting while it has none: a leader that
+    /// shuts down, as another test makes one do, releases it until the standby takes it).
     async fn leader(&self) -> Result<String> {
-        let lease = Api::<Lease>::namespaced(self.client.clone(), &self.namespace).get("kubesentiment-operator").await?;
-        lease.spec.and_then(|s| s.holder_identity).context("the Lease has a holder")
+        let leases = Api::<Lease>::namespaced(self.client.clone(), &self.namespace);
+        eventually(LONG, "the Lease to have a holder", || {
+            let leases = leases.clone();
+            async move { Ok(leases.get("kubesentiment-operator").await?.spec.and_then(|s| s.holder_identity)) }
+        })
+        .await
     }
 }
 
