@@ -26,6 +26,17 @@ async fn with_inference(prefix: &str) -> Option<(Env, Inference)> {
     Some((env, inf))
 }
 
+/// Deletes batch `name` and waits until the operator has let it go.
+async fn delete(env: &Env, name: &str) {
+    env.batches().delete(name, &Default::default()).await.unwrap();
+    eventually(LONG, "the batch gone", || {
+        let batches = env.batches();
+        async move { Ok(batches.get_opt(name).await?.is_none().then_some(())) }
+    })
+    .await
+    .unwrap();
+}
+
 /// `kubectl wait --for=condition=…` on batch `name`, for at most `secs`.
 fn wait(env: &Env, name: &str, condition: &str, secs: u32) -> bool {
     env.kubectl(&["wait", &format!("--for=condition={condition}"), &format!("sb/{name}"), &format!("--timeout={secs}s")]).0
@@ -183,13 +194,7 @@ async fn a_configmap_that_is_not_the_batchs_is_never_overwritten() {
     assert!(message.contains("theirs-results already exists and is not this batch's"), "{message}");
     let untouched = |cm: ConfigMap| cm.data.unwrap()["manifest.json"] == "not yours" && cm.metadata.owner_references.is_none();
     assert!(untouched(env.ns.api::<ConfigMap>().get("theirs-results").await.unwrap()));
-    env.batches().delete("theirs", &Default::default()).await.unwrap();
-    eventually(LONG, "the batch gone", || {
-        let batches = env.batches();
-        async move { Ok(batches.get_opt("theirs").await?.is_none().then_some(())) }
-    })
-    .await
-    .unwrap();
+    delete(&env, "theirs").await;
     assert!(untouched(env.ns.api::<ConfigMap>().get("theirs-results").await.unwrap()), "kept after the batch's deletion");
 }
 
@@ -205,13 +210,7 @@ async fn deleting_a_batch_whose_s3_results_are_unreachable_completes() {
     env.phase("stranded", Phase::Succeeded).await;
     s3.proc.kill9();
     let began = Instant::now();
-    env.batches().delete("stranded", &Default::default()).await.unwrap();
-    eventually(LONG, "the batch gone", || {
-        let batches = env.batches();
-        async move { Ok(batches.get_opt("stranded").await?.is_none().then_some(())) }
-    })
-    .await
-    .unwrap();
+    delete(&env, "stranded").await;
     assert!(began.elapsed() < Duration::from_secs(90), "{:?}", began.elapsed());
     let events = env.kubectl(&["get", "events", "-o", "json"]).1;
     assert!(events.contains("CleanupFailed"), "the results left behind are reported: {events}");
