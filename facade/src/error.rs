@@ -69,10 +69,8 @@ impl ApiError {
 
 impl From<axum::extract::ws::rejection::WebSocketUpgradeRejection> for ApiError {
     fn from(e: axum::extract::ws::rejection::WebSocketUpgradeRejection) -> Self {
-        let status = e.status();
-        let message = format!("a WebSocket upgrade is required: {}", e.body_text());
-        // The method is fixed by the route, so only 400 and 426 reach here.
-        ApiError::NotWebSocket { status: if status == StatusCode::UPGRADE_REQUIRED { status } else { StatusCode::BAD_REQUEST }, message }
+        // The route takes only GET, so this is a 400 or a 426.
+        ApiError::NotWebSocket { status: e.status(), message: format!("a WebSocket upgrade is required: {}", e.body_text()) }
     }
 }
 

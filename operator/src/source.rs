@@ -159,39 +159,47 @@ fn held(
     version: String,
     bytes: u64,
 ) -> Result<(Arc<dyn TextSource>, SourceIdentity), SourceError> {
-    let (mut packed, mut fingerprint) = (Packed::default(), Fingerprint::default());
-    for (i, item) in items.into_iter().enumerate() {
-        if i == MAX_TEXTS {
-            return Err(SourceError::Invalid(format!("{what}: more than the limit of {MAX_TEXTS} texts")));
-        }
-        check(&item, i, what)?;
-        fingerprint.add(&item);
+    let (mut packed, mut seen) = (Packed::default(), Seen::default());
+    for item in items {
+        seen.add(&item, what)?;
         packed.push(item);
     }
-    if packed.ends.is_empty() {
-        return Err(SourceError::Invalid(format!("{what}: no texts")));
-    }
-    Ok((Arc::new(packed), fingerprint.identity(version, bytes)))
+    Ok((Arc::new(packed), seen.identity(what, version, bytes)?))
 }
 
-/// A SHA-256 over every text and id in order: what a changed source is told by.
+/// The texts of a source so far, as it is read: each checked, counted, and added to a
+/// SHA-256 over every text and id in order (what a changed source is told by).
 #[derive(Default)]
-struct Fingerprint(Sha256);
+struct Seen {
+    texts: usize,
+    sha256: Sha256,
+}
 
-impl Fingerprint {
-    fn add(&mut self, item: &Item) {
-        self.0.update(item.text.as_bytes());
-        self.0.update([0]);
-        if let Some(id) = &item.id {
-            self.0.update(id.as_bytes());
+impl Seen {
+    /// Checks the next text (`what` names the source in errors) and takes it in.
+    fn add(&mut self, item: &Item, what: &str) -> Result<(), SourceError> {
+        if self.texts == MAX_TEXTS {
+            return Err(SourceError::Invalid(format!("{what}: more than the limit of {MAX_TEXTS} texts")));
         }
-        self.0.update([1]);
+        check(item, self.texts, what)?;
+        self.sha256.update(item.text.as_bytes());
+        self.sha256.update([0]);
+        if let Some(id) = &item.id {
+            self.sha256.update(id.as_bytes());
+        }
+        self.sha256.update([1]);
+        self.texts += 1;
+        Ok(())
     }
 
-    /// The identity of a source at `version` (resourceVersion, ETag) of `bytes` bytes.
-    fn identity(self, version: String, bytes: u64) -> SourceIdentity {
-        let sha256 = self.0.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        SourceIdentity { version, bytes: bytes as i64, sha256 }
+    /// The identity of a source at `version` (resourceVersion, ETag) of `bytes` bytes;
+    /// a source without texts is invalid.
+    fn identity(self, what: &str, version: String, bytes: u64) -> Result<SourceIdentity, SourceError> {
+        if self.texts == 0 {
+            return Err(SourceError::Invalid(format!("{what}: no texts")));
+        }
+        let sha256 = self.sha256.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(SourceIdentity { version, bytes: bytes as i64, sha256 })
     }
 }
 
@@ -217,7 +225,7 @@ impl S3Texts {
         let got = store.get(&path).await.map_err(|e| unreadable(&e))?;
         let (etag, size) = (got.meta.e_tag.clone(), got.meta.size);
         let mut reader = tokio_util::io::StreamReader::new(got.into_stream().map_err(std::io::Error::other));
-        let (mut fingerprint, mut starts, mut total, mut jsonl) = (Fingerprint::default(), Vec::new(), 0, None);
+        let (mut seen, mut starts, mut jsonl) = (Seen::default(), Vec::new(), None);
         let (mut line, mut offset, mut number) = (Vec::new(), 0u64, 0);
         loop {
             line.clear();
@@ -233,7 +241,7 @@ impl S3Texts {
                 continue;
             }
             let jsonl = *jsonl.get_or_insert_with(|| text.trim_start().starts_with('{'));
-            if total == 0 && text.trim_start().starts_with('[') {
+            if seen.texts == 0 && text.trim_start().starts_with('[') {
                 // A JSON array is parsed whole, within a bound.
                 if size > MAX_ARRAY_BYTES {
                     let msg = format!(
@@ -245,21 +253,13 @@ impl S3Texts {
                 reader.read_to_end(&mut body).await.map_err(|e| unreadable(&e))?;
                 return held(parse(&body, &what)?, &what, etag.unwrap_or_default(), size);
             }
-            let item = parse_line(jsonl, text, number, &what)?;
-            check(&item, total, &what)?;
-            if total % WINDOW == 0 {
+            if seen.texts % WINDOW == 0 {
                 starts.push(at);
             }
-            fingerprint.add(&item);
-            total += 1;
-            if total > MAX_TEXTS {
-                return Err(SourceError::Invalid(format!("{what}: more than the limit of {MAX_TEXTS} texts")));
-            }
+            seen.add(&parse_line(jsonl, text, number, &what)?, &what)?;
         }
-        if total == 0 {
-            return Err(SourceError::Invalid(format!("{what}: no texts")));
-        }
-        let identity = fingerprint.identity(etag.clone().unwrap_or_default(), size);
+        let total = seen.texts;
+        let identity = seen.identity(&what, etag.clone().unwrap_or_default(), size)?;
         let windows = moka::future::Cache::new(WINDOWS_HELD);
         let jsonl = jsonl.unwrap_or(false);
         Ok((Arc::new(S3Texts { store, path, what, etag, jsonl, total, size, starts, windows }), identity))

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, PostParams};
 use kubesentiment_core::crd::Phase;
 use kubesentiment_tests::batches::{Env, env};
-use kubesentiment_tests::stack::{Inference, Proc, S3, operator, register};
+use kubesentiment_tests::stack::{Inference, S3, operator, register};
 use kubesentiment_tests::texts;
 use serde_json::{Value, json};
 
@@ -97,7 +97,7 @@ async fn measure(env: Env, specs: Vec<Value>, op_env: &[(&str, &str)]) {
         let running = batches.iter().filter(|b| b.phase() == Phase::Running).count();
         let ended: Vec<_> = batches.iter().filter(|b| b.phase().is_final()).map(|b| (b.phase(), b.status.clone())).collect();
         assert!(ended.is_empty(), "batches ended early: {:?}", &ended[..ended.len().min(2)]);
-        peak_rss = peak_rss.max(sample(&op).0);
+        peak_rss = peak_rss.max(op.memory().unwrap().0);
         if running == n {
             break;
         }
@@ -109,10 +109,10 @@ async fn measure(env: Env, specs: Vec<Value>, op_env: &[(&str, &str)]) {
     register(&env.ns, &[inf.port]).await.unwrap();
     let sampling = Instant::now();
     while sampling.elapsed() < SAMPLE {
-        peak_rss = peak_rss.max(sample(&op).0);
+        peak_rss = peak_rss.max(op.memory().unwrap().0);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let (rss, hwm) = sample(&op);
+    let (rss, hwm) = op.memory().unwrap();
     let done: i64 = env
         .batches()
         .list(&ListParams::default())
@@ -131,8 +131,4 @@ async fn measure(env: Env, specs: Vec<Value>, op_env: &[(&str, &str)]) {
     drop((op, inf));
     env.ns.delete().await.unwrap();
     assert!(hwm <= LIMIT, "the operator's peak resident memory was {} MiB, over {} MiB", hwm >> 20, LIMIT >> 20);
-}
-
-fn sample(op: &Proc) -> (u64, u64) {
-    op.memory().unwrap()
 }

@@ -460,26 +460,8 @@ impl State {
                 self.isolate(Chunk { transient: 0, ..chunk }, endpoint, why, now);
             }
             Outcome::Source(e @ SourceError::Changed(_)) => self.fail(&chunk.job, e.reason(), e.to_string()),
-            Outcome::Source(e) if chunk.attempts + 1 >= STORE_ATTEMPTS => {
-                tracing::warn!(error = %e, "the source cannot be read; failing the batch");
-                self.fail(&chunk.job, e.reason(), format!("reading texts failed {STORE_ATTEMPTS} times: {e}"));
-            }
-            Outcome::Source(e) => {
-                tracing::warn!(error = %e, "reading texts");
-                retries.inc();
-                let at = now + RETRY.delay(chunk.attempts);
-                self.sched.retry(Chunk { attempts: chunk.attempts + 1, ..chunk }, at);
-            }
-            Outcome::Store(why) if chunk.attempts + 1 >= STORE_ATTEMPTS => {
-                tracing::warn!(%why, "results cannot be written; failing the batch");
-                self.fail(&chunk.job, "ResultsUnwritable", format!("writing results failed {STORE_ATTEMPTS} times: {why}"));
-            }
-            Outcome::Store(why) => {
-                tracing::warn!(%why, "writing results");
-                retries.inc();
-                let at = now + RETRY.delay(chunk.attempts);
-                self.sched.retry(Chunk { attempts: chunk.attempts + 1, ..chunk }, at);
-            }
+            Outcome::Source(e) => self.retry_or_fail(chunk, e.reason(), "reading texts", e.to_string(), now),
+            Outcome::Store(why) => self.retry_or_fail(chunk, "ResultsUnwritable", "writing results", why, now),
             Outcome::Lost(why) => {
                 // Sent, then the answer was lost: the server may have died on one of
                 // these texts. The endpoint rests, and the texts pay an attempt as for an
@@ -490,6 +472,20 @@ impl State {
             }
             Outcome::Rejected(why) => self.isolate(chunk, endpoint, why, now),
             Outcome::Fatal(why) => self.fail(&chunk.job, "ModelMismatch", why),
+        }
+    }
+
+    /// A chunk whose texts could not be read or whose results could not be written: tried
+    /// again after a backoff, and after `STORE_ATTEMPTS` the batch fails with `reason`.
+    fn retry_or_fail(&mut self, chunk: Chunk, reason: &'static str, doing: &str, why: String, now: Instant) {
+        if chunk.attempts + 1 >= STORE_ATTEMPTS {
+            tracing::warn!(%why, "{doing} failed {STORE_ATTEMPTS} times; failing the batch");
+            self.fail(&chunk.job, reason, format!("{doing} failed {STORE_ATTEMPTS} times: {why}"));
+        } else {
+            tracing::warn!(%why, "{doing}");
+            self.shared.metrics.retries.inc();
+            let at = now + RETRY.delay(chunk.attempts);
+            self.sched.retry(Chunk { attempts: chunk.attempts + 1, ..chunk }, at);
         }
     }
 
