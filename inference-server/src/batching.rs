@@ -42,10 +42,20 @@ pub fn plan_passes(lengths: &[usize], limits: PassLimits) -> Vec<Vec<usize>> {
     passes
 }
 
+/// A pass smaller than this many padded tokens takes any text that fits: below it, a
+/// forward pass gets markedly less done per token (docs/BENCHMARKS.md, bare forward by
+/// batch size).
+const SMALL_PASS_TOKENS: usize = 256;
+
+/// Past [`SMALL_PASS_TOKENS`], a text joins a pass only while padding stays at most this
+/// share of the pass's padded tokens: a pass of mixed lengths pays for its longest.
+const MAX_PADDING: f64 = 0.05;
+
 /// Picks the next pass from a queue in arrival order (`lengths[0]` is the oldest).
 ///
 /// The oldest entry always goes, so nothing starves; the rest are taken nearest its
-/// length first, while the pass stays within `limits`. Returns ascending indices.
+/// length first, while the pass stays within `limits` and, once it is big enough to run
+/// efficiently, within [`MAX_PADDING`]. Returns ascending indices.
 pub fn pack(lengths: &[usize], limits: PassLimits) -> Vec<usize> {
     let Some(&anchor) = lengths.first() else {
         return Vec::new();
@@ -53,15 +63,18 @@ pub fn pack(lengths: &[usize], limits: PassLimits) -> Vec<usize> {
     let mut candidates: Vec<usize> = (1..lengths.len()).collect();
     candidates.sort_by_key(|&i| (lengths[i].abs_diff(anchor), i));
     let mut chosen = vec![0];
-    let mut longest = anchor;
+    let (mut longest, mut real) = (anchor, anchor);
     for i in candidates {
         if chosen.len() == limits.max_texts {
             break;
         }
         let widest = longest.max(lengths[i]);
-        if fits(chosen.len() + 1, widest, limits) {
+        let padded = (chosen.len() + 1) * widest;
+        let padding = (padded - real - lengths[i]) as f64 / padded as f64;
+        if fits(chosen.len() + 1, widest, limits) && (padded <= SMALL_PASS_TOKENS || padding <= MAX_PADDING) {
             chosen.push(i);
             longest = widest;
+            real += lengths[i];
         }
     }
     chosen.sort_unstable();
@@ -123,6 +136,22 @@ mod tests {
             assert!(got.len() <= 1 || fits(got.len(), longest, L));
             assert_eq!(&got, want, "lengths {lengths:?}");
         }
+    }
+
+    #[test]
+    fn a_big_pass_takes_no_text_that_would_pad_it_past_the_bound() {
+        let limits = PassLimits { max_texts: 64, max_tokens: 1024 };
+        // The oldest is 16 tokens; twenty more of 16, ten of 17 and ten of 30 wait.
+        let mut lengths = vec![16; 21];
+        lengths.extend([17; 10]);
+        lengths.extend([30; 10]);
+        let got: Vec<usize> = pack(&lengths, limits).iter().map(|&i| lengths[i]).collect();
+        // 21 × 16 fills past the small-pass size; the 17s pad it by 1/17 each at first,
+        // so they wait, and the 30s are far off.
+        assert_eq!(got, [16; 21]);
+        // With room under the small-pass size, anything that fits goes.
+        let got: Vec<usize> = pack(&[16, 17, 30, 8], limits).iter().map(|&i| [16, 17, 30, 8][i]).collect();
+        assert_eq!(got, [16, 17, 30, 8]);
     }
 
     #[test]

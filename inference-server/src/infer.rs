@@ -103,6 +103,10 @@ pub enum InferError {
     Model(#[from] ModelError),
 }
 
+/// How far into the queue a pass is packed from, in passes' worth of texts: a wider
+/// window finds texts of closer lengths, so less padding (docs/BENCHMARKS.md).
+const PACK_WINDOW: usize = 16;
+
 /// One queued text.
 struct Entry {
     encoded: Encoded,
@@ -117,7 +121,8 @@ struct Entry {
 /// The handle requests use; cheap to clone.
 #[derive(Clone)]
 pub struct Infer {
-    tx: mpsc::Sender<Entry>,
+    /// One message per request: its texts, in order.
+    tx: mpsc::Sender<Vec<Entry>>,
     permits: Arc<Semaphore>,
     encoder: Arc<TextEncoder>,
     max_queued: usize,
@@ -224,13 +229,15 @@ impl Infer {
             return Err(InferError::TooLong { index, tokens: e.len(), max: self.encoder.max_length() });
         }
         let mut replies = Vec::with_capacity(encoded.len());
+        let mut entries = Vec::with_capacity(encoded.len());
+        let (now, span) = (Instant::now(), Span::current());
         for (encoded, faulty) in encoded.into_iter().zip(faulty) {
             let (reply, rx) = oneshot::channel();
             let _permit = permit.split(1).expect("one permit is held per text. This is a bug.");
-            let entry = Entry { encoded, faulty, reply, enqueued: Instant::now(), span: Span::current(), _permit };
-            self.tx.send(entry).await.map_err(|_| InferError::ShuttingDown)?;
+            entries.push(Entry { encoded, faulty, reply, enqueued: now, span: span.clone(), _permit });
             replies.push(rx);
         }
+        self.tx.send(entries).await.map_err(|_| InferError::ShuttingDown)?;
         let mut out = Vec::with_capacity(replies.len());
         for (index, rx) in replies.into_iter().enumerate() {
             out.push(rx.await.map_err(|_| InferError::ShuttingDown)?.map_err(|error| InferError::Failed { index, error })?);
@@ -241,7 +248,7 @@ impl Infer {
 
 /// The batcher task: owns the queue and hands a pass to each thread that asks for one.
 async fn batcher(
-    mut rx: mpsc::Receiver<Entry>,
+    mut rx: mpsc::Receiver<Vec<Entry>>,
     mut idle_rx: mpsc::Receiver<oneshot::Sender<Vec<Entry>>>,
     limits: PassLimits,
     max_wait: Duration,
@@ -251,37 +258,42 @@ async fn batcher(
     let mut idle: Vec<oneshot::Sender<Vec<Entry>>> = Vec::new();
     let mut open = true;
     while open || !queue.is_empty() {
-        queue.retain(|e| !e.reply.is_closed());
-        let lengths: Vec<usize> = queue.iter().take(limits.max_texts * 4).map(|e| e.encoded.len()).collect();
-        let deadline = queue.front().map(|e| e.enqueued + max_wait);
-        let mut picked = pack(&lengths, limits);
-        let ready = !queue.is_empty() && (!open || is_full(&picked, &lengths, limits) || deadline.is_some_and(|d| d <= Instant::now()));
-        if ready && let Some(worker) = idle.pop() {
-            let mut batch = Vec::with_capacity(picked.len());
-            while let Some(i) = picked.pop() {
-                batch.push(queue.remove(i).expect("packed indices are within the queue. This is a bug."));
+        // A pass is packed only when a thread is free to run it: while every thread is
+        // busy, arrivals only join the queue (packing costs a sort of the window).
+        let mut deadline = None;
+        if !idle.is_empty() {
+            queue.retain(|e| !e.reply.is_closed());
+            let lengths: Vec<usize> = queue.iter().take(limits.max_texts * PACK_WINDOW).map(|e| e.encoded.len()).collect();
+            let mut picked = pack(&lengths, limits);
+            deadline = queue.front().map(|e| e.enqueued + max_wait);
+            let ready = !queue.is_empty() && (!open || is_full(&picked, &lengths, limits) || deadline.is_some_and(|d| d <= Instant::now()));
+            if ready && let Some(worker) = idle.pop() {
+                let mut batch = Vec::with_capacity(picked.len());
+                while let Some(i) = picked.pop() {
+                    batch.push(queue.remove(i).expect("packed indices are within the queue. This is a bug."));
+                }
+                batch.reverse();
+                metrics.queue_depth.set(queue.len() as i64);
+                if let Err(batch) = worker.send(batch) {
+                    // That thread is gone; its pass goes back to the front of the queue.
+                    batch.into_iter().rev().for_each(|e| queue.push_front(e));
+                }
+                continue;
             }
-            batch.reverse();
-            metrics.queue_depth.set(queue.len() as i64);
-            if let Err(batch) = worker.send(batch) {
-                // That thread is gone; its pass goes back to the front of the queue.
-                batch.into_iter().rev().for_each(|e| queue.push_front(e));
-            }
-            continue;
         }
         tokio::select! {
             worker = idle_rx.recv() => match worker {
                 Some(w) => idle.push(w),
                 None => break, // every inference thread has exited
             },
-            entry = rx.recv(), if open => match entry {
-                Some(e) => {
-                    queue.push_back(e);
+            entries = rx.recv(), if open => match entries {
+                Some(entries) => {
+                    queue.extend(entries);
                     metrics.queue_depth.set(queue.len() as i64);
                 }
                 None => open = false,
             },
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if !ready && deadline.is_some() => {}
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
         }
     }
 }

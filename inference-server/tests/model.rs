@@ -127,3 +127,41 @@ fn the_default_model_holds_its_uci_accuracy_floor() {
     // docs/MODELS.md records 0.871; the floor is 0.87.
     assert!(mean >= 0.87, "mean UCI accuracy {mean:.4} ({accuracies:?})");
 }
+
+/// The UCI sentences, 3,000 of them.
+fn uci_texts() -> Vec<String> {
+    let mut texts = Vec::new();
+    for set in ["amazon", "imdb", "yelp"] {
+        texts.extend(data::load(&common::assets().join(format!("data/uci/{set}.json")), Split::All).unwrap().into_iter().map(|e| e.text));
+    }
+    texts
+}
+
+/// Predictions of the model in `dir` on `texts`.
+fn predict_all(dir: &std::path::Path, texts: &[String]) -> Vec<inference_server::model::Prediction> {
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    load(dir).classifier().unwrap().predict(&texts, PassLimits::default()).unwrap()
+}
+
+/// Share of equal labels, and the largest difference of any score.
+fn agreement(a: &[inference_server::model::Prediction], b: &[inference_server::model::Prediction]) -> (f64, f32) {
+    let same = a.iter().zip(b).filter(|(a, b)| a.label == b.label).count() as f64 / a.len() as f64;
+    let worst = a.iter().zip(b).flat_map(|(a, b)| a.scores.iter().zip(&b.scores).map(|(x, y)| (x - y).abs())).fold(0f32, f32::max);
+    (same, worst)
+}
+
+#[test]
+fn the_int8_encoder_stays_within_its_tolerance_of_the_fp32_model() {
+    // docs/MODELS.md: the int8 graph against the same fused graph in fp32 (the model's
+    // own outputs), on the 3,000 UCI sentences; and at least as close to them as the
+    // int8 export it replaced.
+    let texts = uci_texts();
+    assert_eq!(texts.len(), 3000);
+    let exact = predict_all(&common::assets().join("models/reference/minilm-fp32"), &texts);
+    let (agree, worst) = agreement(&predict_all(&builtin_dir(), &texts), &exact);
+    let (agree_before, worst_before) = agreement(&predict_all(&common::assets().join("models/reference/minilm-unfused"), &texts), &exact);
+    eprintln!("labels equal to fp32's: {agree:.4} (the encoder it replaced: {agree_before:.4}); largest score difference {worst:.3} ({worst_before:.3})");
+    assert!(agree >= 0.96, "labels agree with the fp32 model on {agree:.4} of the UCI sentences");
+    assert!(worst <= 0.30, "a score moved by {worst:.3} from the fp32 model's");
+    assert!(agree >= agree_before, "the int8 graph is further from the fp32 model ({agree:.4}) than the one it replaced ({agree_before:.4})");
+}

@@ -1,0 +1,94 @@
+"""Measure this CPU's int8 matrix-product limit, and the encoder's share of it.
+
+The limit is what ONNX Runtime's own u8 x s8 GEMM (the kernel the quantized encoder runs
+on: VNNI `vpdpbusd` where the CPU has it, AVX2 `vpmaddubsw` where not) reaches on one
+pure MatMulInteger, with the same session settings as the server (2 intra-op threads).
+The shape is the encoder's largest product at batch 32 x 16 tokens and larger ones; the
+best is the limit.
+
+The encoder's figure is texts/s x operations per text, where one text of T tokens costs
+2 x T x L x (d x 3d + d x d + 2 x d x f) multiply-adds (the four products of each layer;
+attention scores and everything else are not counted).
+
+usage: python int8_peak.py [ENCODER.onnx ...]   prints one line per measure, as JSON
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+THREADS = 2
+SECONDS = 3.0
+
+
+def session(path: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def rate(run) -> float:
+    """Calls per second of `run`, after a warm-up, over SECONDS."""
+    for _ in range(3):
+        run()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < SECONDS:
+        run()
+        calls += 1
+    return calls / (time.perf_counter() - start)
+
+
+def gemm(m: int, k: int, n: int, tmp: str) -> float:
+    """GOP/s (2 x m x k x n per call) of one u8 x s8 MatMulInteger."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
+        [weight],
+    )
+    path = os.path.join(tmp, f"gemm-{m}-{k}-{n}.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    s = session(path)
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    return rate(lambda: s.run(None, {"a": a})) * 2 * m * k * n / 1e9
+
+
+def encoder(path: str, batch: int = 32, tokens: int = 16, layers: int = 6, d: int = 384, f: int = 1536) -> dict:
+    s = session(path)
+    ids = np.full((batch, tokens), 2000, dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    feed = {i.name: feed[i.name] for i in s.get_inputs()}
+    texts = rate(lambda: s.run(None, feed)) * batch
+    ops = 2 * tokens * layers * (d * 3 * d + d * d + 2 * d * f)
+    return {"model": path, "batch": batch, "tokens": tokens, "texts_per_s": round(texts), "gop_per_s": round(texts * ops / 1e9, 1)}
+
+
+def main(models: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        best = 0.0
+        for m, k, n in ((512, 384, 1536), (512, 1536, 384), (2048, 1536, 1536)):
+            gops = gemm(m, k, n, tmp)
+            best = max(best, gops)
+            print(json.dumps({"gemm": [m, k, n], "gop_per_s": round(gops, 1)}))
+        print(json.dumps({"int8_limit_gop_per_s": round(best, 1)}))
+        for path in models:
+            point = encoder(path)
+            point["share_of_limit"] = round(point["gop_per_s"] / best, 3)
+            print(json.dumps(point))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
