@@ -160,8 +160,13 @@ fn the_int8_encoder_stays_within_its_tolerance_of_the_fp32_model() {
     let exact = predict_all(&common::assets().join("models/reference/minilm-fp32"), &texts);
     let (agree, worst) = agreement(&predict_all(&builtin_dir(), &texts), &exact);
     let (agree_before, worst_before) = agreement(&predict_all(&common::assets().join("models/reference/minilm-unfused"), &texts), &exact);
-    eprintln!("labels equal to fp32's: {agree:.4} (the encoder it replaced: {agree_before:.4}); largest score difference {worst:.3} ({worst_before:.3})");
+    eprintln!(
+        "labels equal to fp32's: {agree:.4} (the encoder it replaced: {agree_before:.4}); largest score difference {worst:.3} ({worst_before:.3})"
+    );
     assert!(agree >= 0.96, "labels agree with the fp32 model on {agree:.4} of the UCI sentences");
     assert!(worst <= 0.30, "a score moved by {worst:.3} from the fp32 model's");
-    assert!(agree >= agree_before, "the int8 graph is further from the fp32 model ({agree:.4}) than the one it replaced ({agree_before:.4})");
+    assert!(
+        agree >= agree_before,
+        "the int8 graph is further from the fp32 model ({agree:.4}) than the one it replaced ({agree_before:.4})"
+    );
 }
