@@ -10,7 +10,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 
 use crate::crd::{ConfigMapKeyRef, MAX_INLINE_TEXTS, Priority, SentimentBatch, SentimentBatchSpec, TextSource};
-use crate::names::{JOB_LABEL, SUBMITTED_BY};
+use crate::names::{JOB_LABEL, METADATA_PREFIX, SUBMITTED_BY};
 
 /// Inline texts up to this many bytes stay in the resource; larger inputs go to a ConfigMap.
 pub const MAX_INLINE_BYTES: usize = 256 * 1024;
@@ -27,11 +27,13 @@ pub struct NewJob {
     pub max_batch_size: Option<i32>,
     pub timeout_seconds: Option<i32>,
     pub model: Option<String>,
+    /// The client's own key-value pairs, kept as annotations ([`METADATA_PREFIX`]).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl NewJob {
     pub fn texts(texts: Vec<String>, priority: Priority) -> Self {
-        NewJob { texts, ids: None, priority, max_batch_size: None, timeout_seconds: None, model: None }
+        NewJob { texts, ids: None, priority, max_batch_size: None, timeout_seconds: None, model: None, metadata: BTreeMap::new() }
     }
 }
 
@@ -102,7 +104,8 @@ pub async fn create(client: &Client, origin: &Origin, job: NewJob) -> Result<Sen
     }
     let mut batch = SentimentBatch::new(&name, spec);
     batch.metadata.labels = Some(origin.labels.clone());
-    batch.metadata.annotations = Some([(SUBMITTED_BY.to_string(), origin.submitted_by.to_string())].into());
+    let metadata = job.metadata.into_iter().map(|(k, v)| (format!("{METADATA_PREFIX}{k}"), v));
+    batch.metadata.annotations = Some([(SUBMITTED_BY.to_string(), origin.submitted_by.to_string())].into_iter().chain(metadata).collect());
     let batch = match Api::<SentimentBatch>::namespaced(client.clone(), &origin.namespace).create(&PostParams::default(), &batch).await {
         Ok(b) => b,
         Err(e) => {

@@ -23,6 +23,30 @@ pub const SUBMITTED_BY: &str = "kubesentiment.io/submitted-by";
 /// A namespace's weight in the fair shares of its priority level (a positive number;
 /// default 1).
 pub const WEIGHT_ANNOTATION: &str = "kubesentiment.io/weight";
+/// Prefix of the annotations that hold a REST job's `metadata`: key `k` is the annotation
+/// `meta.kubesentiment.io/k`.
+pub const METADATA_PREFIX: &str = "meta.kubesentiment.io/";
+/// Most `metadata` entries on one job, and their longest key and value (OpenAI's batch
+/// API allows the same).
+pub const MAX_METADATA: usize = 16;
+pub const MAX_METADATA_KEY: usize = 63;
+pub const MAX_METADATA_VALUE: usize = 512;
+
+/// Whether `key` can name a `metadata` entry: an annotation name (alphanumerics, `-`,
+/// `_` and `.`, starting and ending alphanumeric, at most 63 characters).
+pub fn is_metadata_key(key: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    key.len() <= MAX_METADATA_KEY
+        && edge(key.chars().next())
+        && edge(key.chars().last())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A job's `metadata`, read back from its annotations.
+pub fn metadata_of(annotations: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    annotations.iter().filter_map(|(k, v)| Some((k.strip_prefix(METADATA_PREFIX)?.to_string(), v.clone()))).collect()
+}
+
 /// Set this annotation on a finished batch to compute its failed items again.
 pub const RETRY_FAILED: &str = "kubesentiment.io/retry-failed";
 
@@ -40,6 +64,16 @@ pub fn is_resource_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_keys_are_annotation_names() {
+        for ok in ["a", "run-1", "A_b.c", &"k".repeat(63)] {
+            assert!(is_metadata_key(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a.", "a/b", "a b", "ü", &"k".repeat(64)] {
+            assert!(!is_metadata_key(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn resource_names_are_dns_subdomains() {

@@ -49,6 +49,19 @@ pub struct BatchJobStatus {
     /// Why a failed or expired job ended, else null.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub error: Option<String>,
+    /// The `metadata` given at submit; absent when none was.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `GET /api/v1/batch/jobs`: one page of the caller's jobs, newest first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<BatchJobStatus>,
+    /// Pass it as `after` for the next page; null on the last one.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub next_cursor: Option<String>,
 }
 
 /// The brief's job states; `Pending` → `pending`, `Running` → `processing`, and so on.
@@ -197,6 +210,7 @@ pub fn status_of(batch: &SentimentBatch) -> BatchJobStatus {
         estimated_completion_seconds: s.estimated_completion_seconds,
         priority: batch.spec.priority,
         error: status::ended_because(batch),
+        metadata: batch.metadata.annotations.as_ref().map(crate::names::metadata_of).unwrap_or_default(),
     }
 }
 

@@ -2,12 +2,15 @@
 //! are known to be non-empty, within the limits and with a valid priority, or an
 //! [`ApiError`] naming the field at fault. Nothing past this module sees raw JSON.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::error::Category;
 use utoipa::ToSchema;
 
 use kubesentiment_core::crd::{MAX_ID_CHARS as MAX_CUSTOM_ID_CHARS, MAX_TEXT_CHARS, Priority};
 use kubesentiment_core::jobs::NewJob;
+use kubesentiment_core::names::{MAX_METADATA, MAX_METADATA_VALUE, is_metadata_key};
 
 use crate::error::ApiError;
 
@@ -45,6 +48,11 @@ pub struct BatchRequest {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 253)]
     pub model: Option<String>,
+    /// Your own key-value pairs, returned on status and in the job list: at most 16, keys
+    /// of 1–63 letters, digits, `-`, `_` and `.` (starting and ending with a letter or
+    /// digit), values of at most 512 characters.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -150,6 +158,18 @@ impl Submission {
             Some(m) if m.is_empty() || m.len() > 253 => return Err(ApiError::invalid("model", "model must have 1 to 253 characters")),
             m => m,
         };
+        if req.metadata.len() > MAX_METADATA {
+            return Err(ApiError::invalid("metadata", format!("{} entries exceed the maximum of {MAX_METADATA}", req.metadata.len())));
+        }
+        for (key, value) in &req.metadata {
+            if !is_metadata_key(key) {
+                let why = "a key has 1 to 63 letters, digits, '-', '_' and '.', and starts and ends with a letter or digit";
+                return Err(ApiError::invalid(format!("metadata.{key}"), why));
+            }
+            if value.chars().count() > MAX_METADATA_VALUE {
+                return Err(ApiError::invalid(format!("metadata.{key}"), format!("a value has at most {MAX_METADATA_VALUE} characters")));
+            }
+        }
         Ok(Submission(NewJob {
             ids: ids.iter().any(Option::is_some).then_some(ids),
             texts,
@@ -157,6 +177,7 @@ impl Submission {
             max_batch_size: in_range("max_batch_size", req.max_batch_size, 10_000)?,
             timeout_seconds: in_range("timeout_seconds", req.timeout_seconds, limits.max_timeout_seconds.min(604_800))?,
             model,
+            metadata: req.metadata,
         }))
     }
 }

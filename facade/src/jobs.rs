@@ -21,7 +21,9 @@ use kubesentiment_core::admission;
 use kubesentiment_core::crd::{Phase, Priority, SentimentBatch};
 use kubesentiment_core::jobs::{self, Origin};
 use kubesentiment_core::names::TENANT_LABEL;
-use kubesentiment_core::rest::{self, BatchJobResponse, BatchJobStatus, BatchMetrics, JobState, PriorityQueue, QueueStatus, ResultsPage};
+use kubesentiment_core::rest::{
+    self, BatchJobResponse, BatchJobStatus, BatchMetrics, JobList, JobState, PriorityQueue, QueueStatus, ResultsPage,
+};
 use kubesentiment_core::status::remaining_texts;
 use kubesentiment_core::store::Store;
 use serde::Deserialize;
@@ -224,6 +226,67 @@ pub async fn results(
         has_more: range.end < total,
         summary: rest::summary_of(&job),
     }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only jobs in this state.
+    pub status: Option<JobState>,
+    /// Only jobs of this priority.
+    pub priority: Option<Priority>,
+    /// Jobs per page, 1–100.
+    #[serde(default = "twenty")]
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: usize,
+    /// The `next_cursor` of the page before.
+    pub after: Option<String>,
+}
+
+fn twenty() -> usize {
+    20
+}
+
+/// Where a job sorts in the list: newest first, then by id. A cursor is the key of the
+/// last job of a page, as `SECONDS_ID`, so a page never depends on an offset that jobs
+/// created or deleted in between would shift.
+fn list_key(j: &SentimentBatch) -> (i64, String) {
+    (j.metadata.creation_timestamp.as_ref().map_or(i64::MAX, |t| t.0.as_second()), j.name_any())
+}
+
+fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
+    let (seconds, id) = cursor.split_once('_')?;
+    Some((seconds.parse().ok()?, id.to_string()))
+}
+
+/// The caller's jobs, newest first, a page at a time, from the facade's cache.
+#[utoipa::path(get, path = "/api/v1/batch/jobs", tag = "batch", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 401, body = inference_api::ErrorBody), (status = 422, body = inference_api::ErrorBody)),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn list(
+    State(f): State<Arc<Facade>>,
+    Extension(tenant): Extension<Tenant>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    if !(1..=100).contains(&q.limit) {
+        return Err(ApiError::invalid("limit", "limit must be 1 to 100"));
+    }
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| ApiError::invalid("after", "not a cursor this server gave"))?),
+    };
+    let mut jobs: Vec<((i64, String), Arc<SentimentBatch>)> = f
+        .visible(&tenant)
+        .into_iter()
+        .filter(|j| q.status.is_none_or(|s| JobState::of(j.phase()) == s) && q.priority.is_none_or(|p| j.spec.priority == p))
+        .map(|j| (list_key(&j), j))
+        .filter(|(key, _)| after.as_ref().is_none_or(|a| key < a))
+        .collect();
+    jobs.sort_by(|a, b| b.0.cmp(&a.0));
+    let more = jobs.len() > q.limit;
+    jobs.truncate(q.limit);
+    let next_cursor = more.then(|| jobs.last().map(|((s, id), _)| format!("{s}_{id}"))).flatten();
+    Ok(Json(JobList { jobs: jobs.iter().map(|(_, j)| rest::status_of(j)).collect(), next_cursor }))
 }
 
 /// Cancel a job. Results computed so far stay readable.

@@ -76,7 +76,7 @@ pub struct Facade {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "KubeSentiment batch API", description = "Asynchronous batch sentiment analysis; every job is a SentimentBatch resource."),
-    paths(jobs::submit, jobs::status, jobs::results, jobs::cancel, jobs::queue, jobs::metrics, jobs::predict, stream::ws, stream::sse),
+    paths(jobs::submit, jobs::status, jobs::results, jobs::list, jobs::cancel, jobs::queue, jobs::metrics, jobs::predict, stream::ws, stream::sse),
     modifiers(&Security),
     tags((name = "batch", description = "Batch jobs"), (name = "predict", description = "Synchronous prediction"))
 )]
@@ -98,6 +98,7 @@ pub fn router(facade: Arc<Facade>, gate: Arc<Gate>, max_body_bytes: usize) -> Ro
         .route("/api/v1/batch/predict", post(jobs::submit))
         .route("/api/v1/batch/status/{job_id}", get(jobs::status))
         .route("/api/v1/batch/results/{job_id}", get(jobs::results))
+        .route("/api/v1/batch/jobs", get(jobs::list))
         .route("/api/v1/batch/jobs/{job_id}", delete(jobs::cancel))
         .route("/api/v1/batch/queue/status", get(jobs::queue))
         .route("/api/v1/batch/metrics", get(jobs::metrics))

@@ -378,7 +378,7 @@ async fn sse_docs(url: String) -> Result<Vec<Value>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_isolate_tenants_and_limits_answer_in_json() {
     // No operator: jobs stay pending, so the queue limit is reached deterministically.
-    let keys = "alpha-key-0001,beta-key-0002,gamma-key-0003";
+    let keys = "alpha-key-0001,beta-key-0002,gamma-key-0003,delta-key-0004";
     let env = [("KUBESENTIMENT_API_KEYS", keys), ("KUBESENTIMENT_RATE_LIMIT_PER_MINUTE", "30")];
     let Some(s) = Stack::start("rest-keys", false, &["--priority-high-limit", "1", "--max-body-bytes", "65536"], &env).await else {
         return;
@@ -416,6 +416,47 @@ async fn keys_isolate_tenants_and_limits_answer_in_json() {
     assert!(ws.is_err(), "beta cannot follow alpha's job");
     assert_eq!(beta.call(Method::GET, "/api/v1/batch/metrics", None).await.unwrap().body["total_jobs"], 0);
     assert_eq!(alpha.call(Method::GET, "/api/v1/batch/metrics", None).await.unwrap().body["total_jobs"], 1);
+
+    // The job list: the caller's jobs only, newest first, a cursor per page, filters;
+    // metadata comes back on status and in the list. (Delta has its own rate budget.)
+    let delta = Rest::new(&s.url, Some("delta-key-0004"));
+    let mut low = Vec::new();
+    for n in 0..3 {
+        low.push(delta.submit(json!({"texts": ["listed"], "priority": "low", "metadata": {"n": n.to_string()}})).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(1100)).await; // creation times are in seconds
+    }
+    assert_eq!(delta.status(&low[1]).await.unwrap()["metadata"], json!({"n": "1"}));
+    let listed = |rest: &Rest, query: &'static str| {
+        let rest = Rest::new(&rest.url, rest.key.as_deref());
+        async move {
+            let (mut ids, mut after) = (Vec::new(), String::new());
+            loop {
+                let a = rest.call(Method::GET, &format!("/api/v1/batch/jobs?limit=2&{query}{after}"), None).await.unwrap();
+                assert_eq!(a.status, 200, "{}", a.body);
+                ids.extend(a.body["jobs"].as_array().unwrap().iter().map(|j| j["job_id"].as_str().unwrap().to_string()));
+                match a.body["next_cursor"].as_str() {
+                    Some(c) => after = format!("&after={c}"),
+                    None => return ids,
+                }
+            }
+        }
+    };
+    let newest_first: Vec<String> = low.iter().rev().cloned().collect();
+    eventually(Duration::from_secs(10), "the list to show delta's jobs", || async {
+        Ok((listed(&delta, "priority=low").await == newest_first).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(listed(&delta, "status=pending").await, newest_first);
+    assert!(listed(&delta, "priority=high").await.is_empty(), "alpha's high job is not delta's");
+    assert!(listed(&delta, "status=completed").await.is_empty());
+    assert!(listed(&beta, "").await.is_empty(), "beta sees none of the others' jobs");
+    for (query, field) in [("limit=0", "limit"), ("after=nonsense", "after"), ("status=sleeping", "query")] {
+        let a = delta.call(Method::GET, &format!("/api/v1/batch/jobs?{query}"), None).await.unwrap();
+        assert_eq!((a.status, a.body["field"].as_str()), (422, Some(field)), "{query}: {}", a.body);
+    }
+    let bad = delta.call(Method::POST, "/api/v1/batch/predict", Some(json!({"texts": ["a"], "metadata": {"a/b": "c"}}))).await.unwrap();
+    assert_eq!((bad.status, bad.body["field"].as_str()), (422, Some("metadata.a/b")));
 
     // The high queue admits one job: the next is refused until there is room.
     let full = beta.call(Method::POST, "/api/v1/batch/predict", Some(json!({"texts": ["x"], "priority": "high"}))).await.unwrap();

@@ -2,6 +2,7 @@
 The Rust test `python_client` in tests/tests/facade.rs starts one and runs this suite."""
 
 import os
+import time
 
 import pytest
 
@@ -60,6 +61,24 @@ def test_cancel(client):
     with pytest.raises(ApiError) as e:
         client.cancel(job["job_id"])
     assert e.value.status == 409
+
+
+def test_metadata_and_the_job_list(client):
+    tag = f"run-{os.getpid()}"
+    ids = []
+    for i in range(3):
+        ids.append(client.submit(TEXTS, priority="low", metadata={"tag": tag, "n": str(i)})["job_id"])
+        time.sleep(1.1)  # creation times are in seconds
+    assert client.status(ids[0])["metadata"] == {"tag": tag, "n": "0"}
+    for job_id in ids:
+        client.wait(job_id)
+    # Newest first, two a page, across pages; only this run's jobs carry its tag.
+    mine = [j["job_id"] for j in client.list(priority="low", page_size=2) if j.get("metadata", {}).get("tag") == tag]
+    assert mine == ids[::-1]
+    assert all(j["status"] == "completed" for j in client.list(status="completed", page_size=100))
+    with pytest.raises(ApiError) as e:
+        client.submit(TEXTS, metadata={"bad key": "x"})
+    assert (e.value.status, e.value.field) == (422, "metadata.bad key")
 
 
 def test_errors_name_the_field(client):

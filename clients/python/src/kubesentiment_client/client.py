@@ -63,15 +63,31 @@ class Client:
         priority: str = "medium",
         timeout_seconds: Optional[int] = None,
         max_batch_size: Optional[int] = None,
+        model: Optional[str] = None,
+        metadata: Optional[Dict[str, str]] = None,
     ) -> Dict[str, Any]:
         """Submits a batch; returns the BatchJobResponse (`job_id`, `status`, ...) at once.
-        A text is a string, or a dict with `text` and `custom_id`."""
+        A text is a string, or a dict with `text` and `custom_id`. `metadata` (up to 16
+        string pairs) comes back on status and in `list`."""
         body: Dict[str, Any] = {"texts": list(texts), "priority": priority}
-        if timeout_seconds is not None:
-            body["timeout_seconds"] = timeout_seconds
-        if max_batch_size is not None:
-            body["max_batch_size"] = max_batch_size
+        for key, value in (("timeout_seconds", timeout_seconds), ("max_batch_size", max_batch_size), ("model", model), ("metadata", metadata)):
+            if value is not None:
+                body[key] = value
         return self._call("POST", "/api/v1/batch/predict", json=body)
+
+    def list(self, status: Optional[str] = None, priority: Optional[str] = None, page_size: int = 20) -> Iterator[Dict[str, Any]]:
+        """The caller's jobs as status documents, newest first, fetching page after page."""
+        params: Dict[str, Any] = {"limit": page_size}
+        if status is not None:
+            params["status"] = status
+        if priority is not None:
+            params["priority"] = priority
+        while True:
+            body = self._call("GET", "/api/v1/batch/jobs", params=params)
+            yield from body["jobs"]
+            if body["next_cursor"] is None:
+                return
+            params["after"] = body["next_cursor"]
 
     def status(self, job_id: str) -> Dict[str, Any]:
         return self._call("GET", f"/api/v1/batch/status/{job_id}")
