@@ -29,11 +29,22 @@ pub struct NewJob {
     pub model: Option<String>,
     /// The client's own key-value pairs, kept as annotations ([`METADATA_PREFIX`]).
     pub metadata: BTreeMap<String, String>,
+    /// The resource name, when the caller derives it (an idempotency key); else a new UUID.
+    pub name: Option<String>,
 }
 
 impl NewJob {
     pub fn texts(texts: Vec<String>, priority: Priority) -> Self {
-        NewJob { texts, ids: None, priority, max_batch_size: None, timeout_seconds: None, model: None, metadata: BTreeMap::new() }
+        NewJob {
+            texts,
+            ids: None,
+            priority,
+            max_batch_size: None,
+            timeout_seconds: None,
+            model: None,
+            metadata: BTreeMap::new(),
+            name: None,
+        }
     }
 }
 
@@ -59,7 +70,8 @@ pub enum CreateError {
 
 /// Creates the job; returns the resource as the API server stored it.
 pub async fn create(client: &Client, origin: &Origin, job: NewJob) -> Result<SentimentBatch, CreateError> {
-    let name = uuid::Uuid::new_v4().to_string();
+    let named = job.name.is_some();
+    let name = job.name.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let input_name = format!("{name}-input");
     let bytes: usize =
         job.texts.iter().map(|t| t.len() + 4).sum::<usize>() + job.ids.iter().flatten().flatten().map(|i| i.len() + 16).sum::<usize>();
@@ -100,7 +112,17 @@ pub async fn create(client: &Client, origin: &Origin, job: NewJob) -> Result<Sen
     };
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &origin.namespace);
     if let Some(cm) = &input {
-        cms.create(&PostParams::default(), cm).await?;
+        match cms.create(&PostParams::default(), cm).await {
+            // A named job's earlier attempt stopped after writing its input: this one's
+            // texts replace it (the name is the caller's, so the input is too).
+            Err(kube::Error::Api(s)) if s.code == 409 && named => {
+                let patch = serde_json::json!({"data": cm.data});
+                cms.patch(&input_name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+            }
+            r => {
+                r?;
+            }
+        }
     }
     let mut batch = SentimentBatch::new(&name, spec);
     batch.metadata.labels = Some(origin.labels.clone());
@@ -109,8 +131,11 @@ pub async fn create(client: &Client, origin: &Origin, job: NewJob) -> Result<Sen
     let batch = match Api::<SentimentBatch>::namespaced(client.clone(), &origin.namespace).create(&PostParams::default(), &batch).await {
         Ok(b) => b,
         Err(e) => {
-            // No job will own the input: remove it rather than leave it behind.
+            // No job will own the input: remove it rather than leave it behind. (A named
+            // job that exists already is the same job, and the input is its own.)
+            let same_job = named && matches!(&e, kube::Error::Api(s) if s.code == 409);
             if input.is_some()
+                && !same_job
                 && let Err(e) = cms.delete(&input_name, &Default::default()).await
             {
                 tracing::warn!(job = %name, error = %e, "could not delete the input ConfigMap of a job never created");

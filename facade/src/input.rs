@@ -178,6 +178,7 @@ impl Submission {
             timeout_seconds: in_range("timeout_seconds", req.timeout_seconds, limits.max_timeout_seconds.min(604_800))?,
             model,
             metadata: req.metadata,
+            name: None,
         }))
     }
 }

@@ -89,9 +89,39 @@ fn active(j: &SentimentBatch) -> bool {
     !j.phase().is_final()
 }
 
-/// Submit a batch job. Returns at once; the job runs in the background.
+/// The longest `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The job name an `Idempotency-Key` stands for, within one tenant: the same key from the
+/// same tenant always names the same resource, so the API server itself refuses a second
+/// one, across facade replicas.
+fn idempotent_name(tenant: &Tenant, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{}\0{}\0{key}", tenant.namespace, tenant.label.as_deref().unwrap_or("")).as_bytes());
+    format!("idem-{}", digest.iter().take(16).map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// The 200 answer to a submit repeated with its `Idempotency-Key`: the job it created.
+fn already_submitted(job: &SentimentBatch) -> Response {
+    let s = rest::status_of(job);
+    let resp = BatchJobResponse {
+        job_id: s.job_id,
+        status: s.status,
+        total_texts: s.total_texts,
+        estimated_completion_seconds: s.estimated_completion_seconds.unwrap_or(0),
+        created_at: s.created_at,
+        priority: s.priority,
+        progress_percentage: s.progress_percentage,
+    };
+    (StatusCode::OK, Json(resp)).into_response()
+}
+
+/// Submit a batch job. Returns at once; the job runs in the background. With an
+/// `Idempotency-Key`, a repeated submit answers 200 with the job the first one created.
 #[utoipa::path(post, path = "/api/v1/batch/predict", tag = "batch", request_body = crate::input::BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters; the same key from the same API key returns the same job")),
     responses((status = 202, body = BatchJobResponse, headers(("Location" = String, description = "the job's status URL"))),
+        (status = 200, body = BatchJobResponse, description = "the job an earlier submit with the same Idempotency-Key created"),
         (status = 400, body = inference_api::ErrorBody), (status = 401, body = inference_api::ErrorBody),
         (status = 413, body = inference_api::ErrorBody), (status = 422, body = inference_api::ErrorBody),
         (status = 429, body = inference_api::ErrorBody)),
@@ -99,9 +129,22 @@ fn active(j: &SentimentBatch) -> bool {
 pub async fn submit(
     State(f): State<Arc<Facade>>,
     Extension(tenant): Extension<Tenant>,
+    headers: axum::http::HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let sub = Submission::decode(&body(raw)?, &f.limits)?;
+    let mut sub = Submission::decode(&body(raw)?, &f.limits)?;
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key
+            .to_str()
+            .ok()
+            .filter(|k| (1..=MAX_IDEMPOTENCY_KEY).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| ApiError::invalid("Idempotency-Key", format!("1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")))?;
+        let name = idempotent_name(&tenant, key);
+        if let Some(job) = f.api(&tenant).get_opt(&name).await? {
+            return Ok(already_submitted(&job));
+        }
+        sub.0.name = Some(name);
+    }
     let all = f.jobs.state();
     let active_per_level = admission::per_level(all.iter().filter(|j| active(j)).map(|j| j.spec.priority));
     let limits = f.cfg.admission();
@@ -129,7 +172,19 @@ pub async fn submit(
         output: f.output.clone(),
         ttl_seconds_after_finished: f.job_ttl_seconds,
     };
-    let job = jobs::create(&f.client, &origin, sub.0).await?;
+    let name = sub.0.name.clone();
+    let job = match jobs::create(&f.client, &origin, sub.0).await {
+        Ok(job) => job,
+        // Another replica created the same idempotent job a moment ago.
+        Err(jobs::CreateError::Kube(kube::Error::Api(s)))
+            if s.code == 409
+                && let Some(name) = name =>
+        {
+            let job = f.api(&tenant).get_opt(&name).await?.ok_or_else(|| ApiError::no_job(&name))?;
+            return Ok(already_submitted(&job));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut status = rest::status_of(&job);
     status.total_texts = total;
     let resp = BatchJobResponse {

@@ -455,6 +455,28 @@ async fn keys_isolate_tenants_and_limits_answer_in_json() {
         let a = delta.call(Method::GET, &format!("/api/v1/batch/jobs?{query}"), None).await.unwrap();
         assert_eq!((a.status, a.body["field"].as_str()), (422, Some(field)), "{query}: {}", a.body);
     }
+    // The same Idempotency-Key from the same key is the same job (200); another key's is
+    // its own; a bad one names the header.
+    let keyed = |rest: &Rest, key: &str| {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/api/v1/batch/predict", rest.url))
+            .bearer_auth(rest.key.clone().unwrap())
+            .header("Idempotency-Key", key)
+            .json(&json!({"texts": ["once"]}));
+        req = req.timeout(Duration::from_secs(30));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (first, a) = keyed(&gamma, "order-42").await;
+    let (again, b) = keyed(&gamma, "order-42").await;
+    let (other, c) = keyed(&beta, "order-42").await;
+    assert_eq!((first, again, other), (202, 200, 202), "{a} {b} {c}");
+    assert_eq!(a["job_id"], b["job_id"]);
+    assert_ne!(a["job_id"], c["job_id"]);
+    let (status, body) = keyed(&gamma, &"k".repeat(256)).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("Idempotency-Key")), "{body}");
     let bad = delta.call(Method::POST, "/api/v1/batch/predict", Some(json!({"texts": ["a"], "metadata": {"a/b": "c"}}))).await.unwrap();
     assert_eq!((bad.status, bad.body["field"].as_str()), (422, Some("metadata.a/b")));
 

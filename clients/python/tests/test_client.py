@@ -81,6 +81,13 @@ def test_metadata_and_the_job_list(client):
     assert (e.value.status, e.value.field) == (422, "metadata.bad key")
 
 
+def test_a_repeated_submit_with_its_idempotency_key_is_the_same_job(client):
+    key = f"retry-{os.getpid()}-{time.time()}"
+    first = client.submit(TEXTS, idempotency_key=key)
+    assert client.submit(TEXTS, idempotency_key=key)["job_id"] == first["job_id"]
+    assert client.submit(TEXTS)["job_id"] != first["job_id"]
+
+
 def test_errors_name_the_field(client):
     with pytest.raises(ApiError) as e:
         client.submit(["fine", "   "])

@@ -65,15 +65,18 @@ class Client:
         max_batch_size: Optional[int] = None,
         model: Optional[str] = None,
         metadata: Optional[Dict[str, str]] = None,
+        idempotency_key: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Submits a batch; returns the BatchJobResponse (`job_id`, `status`, ...) at once.
         A text is a string, or a dict with `text` and `custom_id`. `metadata` (up to 16
-        string pairs) comes back on status and in `list`."""
+        string pairs) comes back on status and in `list`. A submit repeated with the same
+        `idempotency_key` returns the job the first one created."""
         body: Dict[str, Any] = {"texts": list(texts), "priority": priority}
         for key, value in (("timeout_seconds", timeout_seconds), ("max_batch_size", max_batch_size), ("model", model), ("metadata", metadata)):
             if value is not None:
                 body[key] = value
-        return self._call("POST", "/api/v1/batch/predict", json=body)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+        return self._call("POST", "/api/v1/batch/predict", json=body, headers=headers)
 
     def list(self, status: Optional[str] = None, priority: Optional[str] = None, page_size: int = 20) -> Iterator[Dict[str, Any]]:
         """The caller's jobs as status documents, newest first, fetching page after page."""
