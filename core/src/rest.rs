@@ -28,6 +28,21 @@ pub struct BatchJobResponse {
     pub progress_percentage: f64,
 }
 
+impl BatchJobResponse {
+    /// The submit answer for a job in state `s`, with its completion estimate.
+    pub fn of(s: BatchJobStatus, estimated_completion_seconds: i64) -> Self {
+        BatchJobResponse {
+            job_id: s.job_id,
+            status: s.status,
+            total_texts: s.total_texts,
+            estimated_completion_seconds,
+            created_at: s.created_at,
+            priority: s.priority,
+            progress_percentage: s.progress_percentage,
+        }
+    }
+}
+
 /// A job's state: the brief's `BatchJobStatus`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

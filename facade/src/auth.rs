@@ -61,9 +61,14 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// The first `bytes` bytes of `text`'s SHA-256, in hex.
+pub fn hex_digest(text: &str, bytes: usize) -> String {
+    digest(text)[..bytes].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The tenant label of `key`.
 pub fn key_id(key: &str) -> String {
-    digest(key)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex_digest(key, 8)
 }
 
 impl Keys {

@@ -96,24 +96,14 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// same tenant always names the same resource, so the API server itself refuses a second
 /// one, across facade replicas.
 fn idempotent_name(tenant: &Tenant, key: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{}\0{}\0{key}", tenant.namespace, tenant.label.as_deref().unwrap_or("")).as_bytes());
-    format!("idem-{}", digest.iter().take(16).map(|b| format!("{b:02x}")).collect::<String>())
+    format!("idem-{}", crate::auth::hex_digest(&format!("{}\0{}\0{key}", tenant.namespace, tenant.label.as_deref().unwrap_or("")), 16))
 }
 
 /// The 200 answer to a submit repeated with its `Idempotency-Key`: the job it created.
 fn already_submitted(job: &SentimentBatch) -> Response {
     let s = rest::status_of(job);
-    let resp = BatchJobResponse {
-        job_id: s.job_id,
-        status: s.status,
-        total_texts: s.total_texts,
-        estimated_completion_seconds: s.estimated_completion_seconds.unwrap_or(0),
-        created_at: s.created_at,
-        priority: s.priority,
-        progress_percentage: s.progress_percentage,
-    };
-    (StatusCode::OK, Json(resp)).into_response()
+    let estimate = s.estimated_completion_seconds.unwrap_or(0);
+    (StatusCode::OK, Json(BatchJobResponse::of(s, estimate))).into_response()
 }
 
 /// Submit a batch job. Returns at once; the job runs in the background. With an
@@ -187,17 +177,9 @@ pub async fn submit(
     };
     let mut status = rest::status_of(&job);
     status.total_texts = total;
-    let resp = BatchJobResponse {
-        job_id: status.job_id,
-        status: status.status,
-        total_texts: total,
-        estimated_completion_seconds: ((ahead + total) as f64 / tps).ceil() as i64,
-        created_at: status.created_at,
-        priority: status.priority,
-        progress_percentage: status.progress_percentage,
-    };
+    let resp = BatchJobResponse::of(status, ((ahead + total) as f64 / tps).ceil() as i64);
     let location =
-        HeaderValue::from_str(&format!("/api/v1/batch/status/{}", resp.job_id)).expect("a UUID is a valid header. This is a bug.");
+        HeaderValue::from_str(&format!("/api/v1/batch/status/{}", resp.job_id)).expect("a resource name is a valid header. This is a bug.");
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(resp)).into_response())
 }
 
