@@ -22,6 +22,8 @@ export KUBESENTIMENT_TOOLS; KUBESENTIMENT_TOOLS=$(bash scripts/tools.sh)
 lap "tools built"
 cargo build --workspace --release --locked
 cargo clippy --workspace --all-targets --release --locked -- -D warnings
+# The debug profile too: a lint can hang on cfg(debug_assertions), and developers run this.
+cargo clippy --workspace --all-targets --locked -- -D warnings
 lap "workspace built"
 
 # Lane 1: one control plane for every test binary; the harness fails rather than skips.
