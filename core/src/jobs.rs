@@ -31,6 +31,9 @@ pub struct NewJob {
     pub metadata: BTreeMap<String, String>,
     /// The resource name, when the caller derives it (an idempotency key); else a new UUID.
     pub name: Option<String>,
+    /// Where the texts are instead, when `texts` is empty: a ConfigMap or an S3 object
+    /// the operator reads.
+    pub source: Option<TextSource>,
 }
 
 impl NewJob {
@@ -44,6 +47,7 @@ impl NewJob {
             model: None,
             metadata: BTreeMap::new(),
             name: None,
+            source: None,
         }
     }
 }
@@ -87,7 +91,10 @@ pub async fn create(client: &Client, origin: &Origin, job: NewJob) -> Result<Sen
         suspend: false,
         ttl_seconds_after_finished: origin.ttl_seconds_after_finished,
     };
-    let input = if job.ids.is_none() && bytes <= MAX_INLINE_BYTES && job.texts.len() <= MAX_INLINE_TEXTS {
+    let input = if job.source.is_some() {
+        spec.source = job.source;
+        None
+    } else if job.ids.is_none() && bytes <= MAX_INLINE_BYTES && job.texts.len() <= MAX_INLINE_TEXTS {
         spec.texts = Some(job.texts);
         None
     } else if bytes <= MAX_CONFIGMAP_BYTES {

@@ -32,6 +32,9 @@ pub const MAX_METADATA: usize = 16;
 pub const MAX_METADATA_KEY: usize = 63;
 pub const MAX_METADATA_VALUE: usize = 512;
 
+/// [`is_metadata_key`] as a regular expression, for the OpenAPI document.
+pub const METADATA_KEY_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$";
+
 /// Whether `key` can name a `metadata` entry: an annotation name (alphanumerics, `-`,
 /// `_` and `.`, starting and ending alphanumeric, at most 63 characters).
 pub fn is_metadata_key(key: &str) -> bool {

@@ -296,9 +296,9 @@ impl Store {
         Ok(one_per_index(parts))
     }
 
-    /// The committed lines with an index in `range`, in order and each index once,
-    /// reading only the parts that can hold them (a part's name carries its first index).
-    pub async fn read_range(&self, range: std::ops::Range<usize>) -> Result<Vec<ResultLine>, StoreError> {
+    /// The committed parts, as (first index, name), ordered by first index; a part's name
+    /// carries its first index, so nothing is read but the listing.
+    pub async fn part_names(&self) -> Result<Vec<(usize, String)>, StoreError> {
         let mut starts: Vec<(usize, String)> = match self {
             Store::ConfigMaps { api, uid, .. } => {
                 let lp = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{KIND_LABEL}=part"));
@@ -312,24 +312,38 @@ impl Store {
             }
         };
         starts.sort();
+        Ok(starts)
+    }
+
+    /// The lines of the part [`Store::part_names`] named `name`; `None` if it is gone (a
+    /// retry deleted it since the listing).
+    pub async fn read_part(&self, name: &str) -> Result<Option<Vec<ResultLine>>, StoreError> {
+        let body = match self {
+            Store::ConfigMaps { api, .. } => match api.get_opt(name).await? {
+                Some(cm) => cm.data.and_then(|mut d| d.remove(DATA_KEY)).unwrap_or_default(),
+                None => return Ok(None),
+            },
+            Store::Objects { store, prefix, .. } => match store.get(&prefix.clone().join(name)).await {
+                Ok(got) => String::from_utf8_lossy(&got.bytes().await?).into_owned(),
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        parse_lines(name, &body).map(Some)
+    }
+
+    /// The committed lines with an index in `range`, in order and each index once,
+    /// reading only the parts that can hold them.
+    pub async fn read_range(&self, range: std::ops::Range<usize>) -> Result<Vec<ResultLine>, StoreError> {
+        let starts = self.part_names().await?;
         let mut lines = Vec::new();
         for (i, (start, name)) in starts.iter().enumerate() {
             let next = starts.get(i + 1).map_or(usize::MAX, |(s, _)| *s);
             if *start >= range.end || next <= range.start {
                 continue;
             }
-            let body = match self {
-                Store::ConfigMaps { api, .. } => match api.get_opt(name).await? {
-                    Some(cm) => cm.data.and_then(|mut d| d.remove(DATA_KEY)).unwrap_or_default(),
-                    None => continue, // deleted by a retry since the listing
-                },
-                Store::Objects { store, prefix, .. } => match store.get(&prefix.clone().join(name.as_str())).await {
-                    Ok(got) => String::from_utf8_lossy(&got.bytes().await?).into_owned(),
-                    Err(object_store::Error::NotFound { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                },
-            };
-            lines.extend(parse_lines(name, &body)?.into_iter().filter(|l| range.contains(&l.index)));
+            let Some(part) = self.read_part(name).await? else { continue };
+            lines.extend(part.into_iter().filter(|l| range.contains(&l.index)));
         }
         // Stable: of overlapping parts, the one that starts first keeps an index.
         lines.sort_by_key(|l| l.index);
@@ -337,24 +351,104 @@ impl Store {
         Ok(lines)
     }
 
+    /// How many shards the failures list of a final batch has; 0 before the manifest is
+    /// written.
+    pub async fn failure_shards(&self) -> Result<usize, StoreError> {
+        let Some(head) = self.get(&Entry::manifest(0)).await? else { return Ok(0) };
+        let manifest: Manifest =
+            serde_json::from_str(&head).map_err(|e| StoreError::Corrupt { location: self.manifest_location(), why: e.to_string() })?;
+        // A manifest from before `failureShards` names its one shard in `failures` alone.
+        Ok(if manifest.failure_shards.is_empty() { usize::from(!manifest.failures.is_empty()) } else { manifest.failure_shards.len() })
+    }
+
+    /// Shard `shard` of the failures list, ordered by index (as is the whole list).
+    pub async fn read_failure_shard(&self, shard: usize) -> Result<Vec<ResultLine>, StoreError> {
+        let entry = Entry::failures(shard);
+        let body = self.get(&entry).await?.unwrap_or_default();
+        let lines = body.lines().filter(|l| !l.is_empty()).map(serde_json::from_str);
+        lines.collect::<Result<_, _>>().map_err(|e| StoreError::Corrupt { location: self.location(&entry), why: e.to_string() })
+    }
+
     /// The failures list of a final batch, every shard the manifest names; empty before
     /// the manifest is written.
     pub async fn read_failures(&self) -> Result<Vec<ResultLine>, StoreError> {
-        let Some(head) = self.get(&Entry::manifest(0)).await? else { return Ok(Vec::new()) };
-        let corrupt = |location: String, why: String| StoreError::Corrupt { location, why };
-        let manifest: Manifest = serde_json::from_str(&head).map_err(|e| corrupt(self.manifest_location(), e.to_string()))?;
-        let mut lines = Vec::with_capacity(manifest.failed_texts);
-        // A manifest from before `failureShards` names its one shard in `failures` alone.
-        let shards =
-            if manifest.failure_shards.is_empty() { usize::from(!manifest.failures.is_empty()) } else { manifest.failure_shards.len() };
-        for shard in 0..shards {
-            let entry = Entry::failures(shard);
-            let body = self.get(&entry).await?.unwrap_or_default();
-            for l in body.lines().filter(|l| !l.is_empty()) {
-                lines.push(serde_json::from_str(l).map_err(|e| corrupt(self.location(&entry), e.to_string()))?);
-            }
+        let mut lines = Vec::new();
+        for shard in 0..self.failure_shards().await? {
+            lines.extend(self.read_failure_shard(shard).await?);
         }
         Ok(lines)
+    }
+
+    /// Every line of the batch in input order, each index once, in chunks, holding one
+    /// part and one failures shard at a time: the parts (as [`Store::part_names`] listed
+    /// them) merged with the failures list, which alone holds the texts an expiry left
+    /// unfinished. Of a part's line and a failure of the same index, the part's is kept.
+    pub fn lines_in_order(self, parts: Vec<(usize, String)>) -> impl futures_util::Stream<Item = Result<Vec<ResultLine>, StoreError>> {
+        struct Merge {
+            store: Store,
+            parts: std::collections::VecDeque<String>,
+            shards: Option<std::ops::Range<usize>>,
+            part: std::collections::VecDeque<ResultLine>,
+            failed: std::collections::VecDeque<ResultLine>,
+            next: usize,
+        }
+        let merge = Merge {
+            store: self,
+            parts: parts.into_iter().map(|(_, n)| n).collect(),
+            shards: None,
+            part: [].into(),
+            failed: [].into(),
+            next: 0,
+        };
+        futures_util::stream::try_unfold(merge, |mut m| async move {
+            // The manifest is read when the parts are, so that none finished in between.
+            let shards = match m.shards.take() {
+                Some(s) => s,
+                None => 0..m.store.failure_shards().await?,
+            };
+            let mut shards = shards;
+            loop {
+                if m.part.is_empty()
+                    && let Some(name) = m.parts.pop_front()
+                {
+                    m.part = m.store.read_part(&name).await?.unwrap_or_default().into();
+                    continue;
+                }
+                if m.failed.is_empty()
+                    && let Some(shard) = shards.next()
+                {
+                    m.failed = m.store.read_failure_shard(shard).await?.into();
+                    continue;
+                }
+                // Each buffer holds lines, or its source is spent: the smaller index is next.
+                let mut out = Vec::new();
+                while (!m.part.is_empty() || m.parts.is_empty()) && (!m.failed.is_empty() || shards.is_empty()) {
+                    let line = match (m.part.front(), m.failed.front()) {
+                        (None, None) => break,
+                        (Some(p), Some(f)) if f.index < p.index => m.failed.pop_front(),
+                        (Some(p), Some(f)) => {
+                            if f.index == p.index {
+                                m.failed.pop_front();
+                            }
+                            m.part.pop_front()
+                        }
+                        (Some(_), None) => m.part.pop_front(),
+                        (None, Some(_)) => m.failed.pop_front(),
+                    };
+                    let line = line.expect("the buffer was not empty. This is a bug.");
+                    // Overlapping parts: the one that starts first keeps an index.
+                    if line.index >= m.next {
+                        m.next = line.index + 1;
+                        out.push(line);
+                    }
+                }
+                let spent = m.part.is_empty() && m.failed.is_empty() && m.parts.is_empty() && shards.is_empty();
+                if !out.is_empty() || spent {
+                    m.shards = Some(shards);
+                    return Ok((!out.is_empty()).then_some((out, m)));
+                }
+            }
+        })
     }
 
     /// Writes the failures list and the manifest, each in shards that fit this store,
@@ -535,6 +629,58 @@ mod tests {
             start,
             (start..start + len).map(|index| ResultLine { index, id: None, prediction: None, error: Some("x".into()) }).collect(),
         )
+    }
+
+    /// Overlapping parts, a part's failure also in the failures list, and gaps only the
+    /// failures list fills (an expiry's timeouts), over two shards: every index once, in
+    /// order, the part's line kept over the list's.
+    #[tokio::test]
+    async fn lines_in_order_merge_parts_and_failures() {
+        let store =
+            Store::Objects { store: Arc::new(object_store::memory::InMemory::new()), root: "memory://".into(), prefix: Path::from("b") };
+        let ok = |index| ResultLine { index, id: Some(format!("t{index}")), prediction: None, error: None };
+        let timeout = |index| ResultLine { index, id: None, prediction: None, error: Some("timeout".into()) };
+        let mut parts = vec![Part::new(0, (0..30).map(ok).collect()), Part::new(20, (20..40).map(ok).collect())];
+        parts[1].lines[15].error = Some("inference_failed".into());
+        parts.push(Part::new(70, (70..90).map(ok).collect()));
+        for p in &parts {
+            store.write_part(p).await.unwrap();
+        }
+        let mut failures: Vec<ResultLine> = (40..70).chain(90..100).map(timeout).collect();
+        failures.insert(0, ResultLine { id: None, ..parts[1].lines[15].clone() });
+        // Shards as the ConfigMap store cuts them (20, 20 and 1 lines).
+        let mut shards = Vec::new();
+        for (i, shard) in failures.chunks(20).enumerate() {
+            store.put(&Entry::failures(i), to_jsonl(shard)).await.unwrap();
+            shards.push(store.location(&Entry::failures(i)));
+        }
+        let manifest = Manifest {
+            total_texts: 100,
+            parts: Vec::new(),
+            more_parts: Vec::new(),
+            failures: shards[0].clone(),
+            failure_shards: shards,
+            failed_texts: 41,
+        };
+        store.put(&Entry::manifest(0), serde_json::to_string(&manifest).unwrap()).await.unwrap();
+
+        let names = store.part_names().await.unwrap();
+        assert_eq!(names.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [0, 20, 70]);
+        let chunks: Vec<Vec<ResultLine>> = store.clone().lines_in_order(names).try_collect().await.unwrap();
+        let lines: Vec<ResultLine> = chunks.into_iter().flatten().collect();
+        assert_eq!(lines.iter().map(|l| l.index).collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());
+        assert_eq!(lines[35].error.as_deref(), Some("inference_failed"));
+        assert_eq!(lines[35].id.as_deref(), Some("t35"), "the part's line, not the list's");
+        assert!(lines[..35].iter().all(|l| l.error.is_none()), "overlapping parts: the first one's lines");
+        assert!(lines[40..70].iter().chain(&lines[90..]).all(|l| l.error.as_deref() == Some("timeout")));
+        assert!(lines[70..90].iter().all(|l| l.error.is_none()));
+
+        // Before the manifest: the parts alone.
+        store.delete_all().await.unwrap();
+        store.write_part(&parts[2]).await.unwrap();
+        let names = store.part_names().await.unwrap();
+        let lines: Vec<Vec<ResultLine>> = store.lines_in_order(names).try_collect().await.unwrap();
+        assert_eq!(lines.concat().iter().map(|l| l.index).collect::<Vec<_>>(), (70..90).collect::<Vec<_>>());
     }
 
     #[test]

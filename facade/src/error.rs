@@ -16,6 +16,9 @@ pub enum ApiError {
     /// 401: no API key, or one we do not know.
     #[error("a valid API key is required (Authorization: Bearer KEY or X-API-Key: KEY)")]
     Unauthorized,
+    /// 403: a location the request names that this key may not read (an `input_url`).
+    #[error("{message}")]
+    Forbidden { field: String, message: String },
     /// 404: no such job, or not one this key may see.
     #[error("{0}")]
     NotFound(String),
@@ -55,6 +58,7 @@ impl ApiError {
         match self {
             ApiError::Malformed(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NotWebSocket { status, .. } => (*status, "websocket_required"),
@@ -112,7 +116,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(%cause, "request failed");
                 ("internal error; see the facade's log".to_string(), None)
             }
-            ApiError::Invalid { field, .. } => (self.to_string(), Some(field.clone())),
+            ApiError::Invalid { field, .. } | ApiError::Forbidden { field, .. } => (self.to_string(), Some(field.clone())),
             ApiError::TooLarge { field, .. } => (self.to_string(), field.clone()),
             _ => (self.to_string(), None),
         };

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use kubesentiment_core::crd::{MAX_ID_CHARS as MAX_CUSTOM_ID_CHARS, MAX_TEXT_CHARS, Priority};
 use kubesentiment_core::jobs::NewJob;
-use kubesentiment_core::names::{MAX_METADATA, MAX_METADATA_VALUE, is_metadata_key};
+use kubesentiment_core::names::{MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE, METADATA_KEY_PATTERN, is_metadata_key};
 
 use crate::error::ApiError;
 
@@ -24,26 +24,42 @@ pub struct Limits {
     pub max_timeout_seconds: u64,
 }
 
+/// The longest `timeout_seconds` whatever the configuration: a week.
+pub const MAX_TIMEOUT_SECONDS: u64 = 604_800;
+
 /// The body of `POST /api/v1/batch/predict`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// Texts, or items with `text` and an optional `custom_id` echoed in the results; at
-    /// most the configured `max_batch_size_per_request` (1,000 by default).
-    #[schema(min_items = 1)]
-    pub texts: Vec<TextItem>,
+    /// most the configured `max_batch_size_per_request` (1,000 by default). Exactly one of
+    /// `texts` and `input_url` is given.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(min_items = 1, nullable = false)]
+    pub texts: Option<Vec<TextItem>>,
+    /// Where the texts are, instead of `texts`, at any size: `configmap://NAMESPACE/NAME/KEY`
+    /// (a ConfigMap in your own namespace; with a key that shares a namespace, one carrying
+    /// your tenant label) or `s3://BUCKET/KEY` (a bucket the server allows). A JSON array of
+    /// strings, JSONL with `text` and an optional `id`, or one text per line.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(
+        nullable = false,
+        max_length = 2048,
+        pattern = r"^(configmap://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[-._a-zA-Z0-9]+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^\u0000-\u001f\u007f\u2028\u2029]+)$"
+    )]
+    pub input_url: Option<String>,
     /// `high`, `medium` (default) or `low`.
     #[serde(default)]
     pub priority: Priority,
     /// Most texts sent to an inference server in one request (1–10,000).
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 10_000)]
-    pub max_batch_size: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 10_000)]
+    pub max_batch_size: Option<f64>,
     /// Seconds until the job expires (at most the configured maximum, and 604,800);
     /// default from the operator's configuration.
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 604_800)]
-    pub timeout_seconds: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 604_800)]
+    pub timeout_seconds: Option<f64>,
     /// The model the inference pool must serve; the job fails if it serves another.
     #[serde(default)]
     #[schema(min_length = 1, max_length = 253)]
@@ -52,16 +68,79 @@ pub struct BatchRequest {
     /// of 1–63 letters, digits, `-`, `_` and `.` (starting and ending with a letter or
     /// digit), values of at most 512 characters.
     #[serde(default)]
+    #[schema(schema_with = metadata_schema)]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// A field that may be left out but not be `null`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Where a submission's texts are, when not in the body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputUrl {
+    ConfigMap { namespace: String, name: String, key: String },
+    S3 { bucket: String, key: String },
+}
+
+impl InputUrl {
+    /// `configmap://NAMESPACE/NAME/KEY` or `s3://BUCKET/KEY`, as the OpenAPI pattern states.
+    pub fn parse(url: &str) -> Result<InputUrl, String> {
+        let bad = |why: &str| Err(format!("{why}: expected configmap://NAMESPACE/NAME/KEY or s3://BUCKET/KEY"));
+        if url.len() > 2048 {
+            return bad("longer than 2,048 bytes");
+        }
+        if let Some(rest) = url.strip_prefix("configmap://") {
+            let mut at = rest.splitn(3, '/');
+            let (Some(namespace), Some(name), Some(key)) = (at.next(), at.next(), at.next()) else { return bad("too few parts") };
+            let key_ok = !key.is_empty() && key.len() <= 253 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if namespace.len() > 63 || namespace.contains('.') || !kubesentiment_core::names::is_resource_name(namespace) {
+                return bad("the namespace is not a namespace name");
+            }
+            if !kubesentiment_core::names::is_resource_name(name) || !key_ok {
+                return bad("the name or key cannot name a ConfigMap's key");
+            }
+            return Ok(InputUrl::ConfigMap { namespace: namespace.into(), name: name.into(), key: key.into() });
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let Some((bucket, key)) = rest.split_once('/') else { return bad("no key") };
+            let edge = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && edge(bucket.bytes().next())
+                && edge(bucket.bytes().last())
+                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+            if !bucket_ok {
+                return bad("not a bucket name");
+            }
+            if key.is_empty() || key.chars().any(|c| c.is_ascii_control() || c == '\u{2028}' || c == '\u{2029}') {
+                return bad("the key is empty or holds control characters");
+            }
+            return Ok(InputUrl::S3 { bucket: bucket.into(), key: key.into() });
+        }
+        bad("an unknown scheme")
+    }
+}
+
+/// `metadata`'s bounds, which utoipa cannot derive from a map: at most 16 entries, keys
+/// that are annotation names, values of at most 512 characters.
+fn metadata_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .max_properties(Some(MAX_METADATA))
+        .property_names(Some(string().min_length(Some(1)).max_length(Some(MAX_METADATA_KEY)).pattern(Some(METADATA_KEY_PATTERN))))
+        .additional_properties(Some(string().max_length(Some(MAX_METADATA_VALUE))))
+        .build()
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum TextItem {
-    Text(String),
+    Text(Text),
     Item {
-        #[schema(min_length = 1, max_length = 10_000)]
-        text: String,
+        text: Text,
         #[serde(default)]
         #[schema(min_length = 1, max_length = 256)]
         custom_id: Option<String>,
@@ -74,12 +153,32 @@ pub enum TextItem {
 pub struct PredictRequest {
     /// At most the configured `max_batch_size_per_request` (1,000 by default).
     #[schema(min_items = 1)]
-    pub texts: Vec<String>,
+    pub texts: Vec<Text>,
 }
 
-/// A valid submission: a job ready to create.
+/// One text: not blank, at most 10,000 characters (or the configured `max_text_length`).
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub struct Text(pub String);
+
+impl utoipa::PartialSchema for Text {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some("A text to classify: not blank, at most 10,000 characters (or the configured max_text_length)."))
+            .min_length(Some(1))
+            .max_length(Some(MAX_TEXT_CHARS))
+            .pattern(Some(r"\S"))
+            .into()
+    }
+}
+
+impl ToSchema for Text {}
+
+/// A valid submission: a job ready to create, and where its texts are when not in it
+/// (which the caller checks against the tenant).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Submission(pub NewJob);
+pub struct Submission(pub NewJob, pub Option<InputUrl>);
 
 impl std::ops::Deref for Submission {
     type Target = NewJob;
@@ -116,7 +215,7 @@ fn check_texts<'t>(texts: impl ExactSizeIterator<Item = &'t str>, limits: &Limit
     }
     let max_len = limits.max_text_length.min(MAX_TEXT_CHARS);
     for (i, t) in texts.enumerate() {
-        if t.trim().is_empty() {
+        if inference_api::is_blank(t) {
             return Err(ApiError::invalid(format!("texts[{i}]"), "text is empty"));
         }
         let chars = t.chars().count();
@@ -130,28 +229,37 @@ fn check_texts<'t>(texts: impl ExactSizeIterator<Item = &'t str>, limits: &Limit
 impl Submission {
     pub fn decode(body: &[u8], limits: &Limits) -> Result<Self, ApiError> {
         let req: BatchRequest = parse(body)?;
-        let mut texts = Vec::with_capacity(req.texts.len());
-        let mut ids = Vec::with_capacity(req.texts.len());
-        for item in req.texts {
+        let (items, input) = match (req.texts, req.input_url) {
+            (Some(items), None) => (items, None),
+            (None, Some(url)) => (Vec::new(), Some(InputUrl::parse(&url).map_err(|why| ApiError::invalid("input_url", why))?)),
+            (Some(_), Some(_)) => return Err(ApiError::invalid("input_url", "give texts or input_url, not both")),
+            (None, None) => return Err(ApiError::invalid("texts", "texts or input_url is required")),
+        };
+        let mut texts = Vec::with_capacity(items.len());
+        let mut ids = Vec::with_capacity(items.len());
+        for item in items {
             let (text, id) = match item {
-                TextItem::Text(t) => (t, None),
-                TextItem::Item { text, custom_id } => (text, custom_id),
+                TextItem::Text(Text(t)) => (t, None),
+                TextItem::Item { text: Text(text), custom_id } => (text, custom_id),
             };
             texts.push(text);
             ids.push(id);
         }
-        check_texts(texts.iter().map(String::as_str), limits)?;
+        if input.is_none() {
+            check_texts(texts.iter().map(String::as_str), limits)?;
+        }
         for (i, id) in ids.iter().enumerate() {
             if let Some(id) = id.as_ref().filter(|id| id.is_empty() || id.chars().count() > MAX_CUSTOM_ID_CHARS) {
                 let why = format!("custom_id must have 1 to {MAX_CUSTOM_ID_CHARS} characters, not {}", id.chars().count());
                 return Err(ApiError::invalid(format!("texts[{i}].custom_id"), why));
             }
         }
-        let in_range = |field: &str, v: Option<i64>, max: u64| -> Result<Option<i32>, ApiError> {
+        // Read as numbers: JSON Schema counts `60.0` an integer, so clients may send it.
+        let in_range = |field: &str, v: Option<f64>, max: u64| -> Result<Option<i32>, ApiError> {
             match v {
                 None => Ok(None),
-                Some(v) if v >= 1 && (v as u64) <= max => Ok(Some(v as i32)),
-                Some(v) => Err(ApiError::invalid(field, format!("{v} is outside 1..={max}"))),
+                Some(v) if v.fract() == 0.0 && v >= 1.0 && v <= max as f64 => Ok(Some(v as i32)),
+                Some(v) => Err(ApiError::invalid(field, format!("{v} is not a whole number in 1..={max}"))),
             }
         };
         let model = match req.model {
@@ -170,24 +278,29 @@ impl Submission {
                 return Err(ApiError::invalid(format!("metadata.{key}"), format!("a value has at most {MAX_METADATA_VALUE} characters")));
             }
         }
-        Ok(Submission(NewJob {
-            ids: ids.iter().any(Option::is_some).then_some(ids),
-            texts,
-            priority: req.priority,
-            max_batch_size: in_range("max_batch_size", req.max_batch_size, 10_000)?,
-            timeout_seconds: in_range("timeout_seconds", req.timeout_seconds, limits.max_timeout_seconds.min(604_800))?,
-            model,
-            metadata: req.metadata,
-            name: None,
-        }))
+        Ok(Submission(
+            NewJob {
+                ids: ids.iter().any(Option::is_some).then_some(ids),
+                texts,
+                priority: req.priority,
+                max_batch_size: in_range("max_batch_size", req.max_batch_size, 10_000)?,
+                timeout_seconds: in_range("timeout_seconds", req.timeout_seconds, limits.max_timeout_seconds.min(MAX_TIMEOUT_SECONDS))?,
+                model,
+                metadata: req.metadata,
+                name: None,
+                source: None,
+            },
+            input,
+        ))
     }
 }
 
 impl PredictRequest {
     pub fn decode(body: &[u8], limits: &Limits) -> Result<Vec<String>, ApiError> {
         let req: PredictRequest = parse(body)?;
-        check_texts(req.texts.iter().map(String::as_str), limits)?;
-        Ok(req.texts)
+        let texts: Vec<String> = req.texts.into_iter().map(|t| t.0).collect();
+        check_texts(texts.iter().map(String::as_str), limits)?;
+        Ok(texts)
     }
 }
 
@@ -199,6 +312,41 @@ mod tests {
 
     const LIMITS: Limits = Limits { max_texts: 5, max_text_length: 20, max_timeout_seconds: 3600 };
 
+    #[test]
+    fn input_urls_parse_as_the_document_states() {
+        let cm = |ns: &str, name: &str, key: &str| InputUrl::ConfigMap { namespace: ns.into(), name: name.into(), key: key.into() };
+        let s3 = |bucket: &str, key: &str| InputUrl::S3 { bucket: bucket.into(), key: key.into() };
+        let ok = [
+            ("configmap://team-b/reviews/texts.jsonl", cm("team-b", "reviews", "texts.jsonl")),
+            ("configmap://a/b.c/K_1", cm("a", "b.c", "K_1")),
+            ("s3://my.bucket-1/in/2026/texts.txt", s3("my.bucket-1", "in/2026/texts.txt")),
+            ("s3://abc/ü key", s3("abc", "ü key")),
+        ];
+        for (url, want) in ok {
+            assert_eq!(InputUrl::parse(url), Ok(want), "{url}");
+        }
+        let bad = [
+            "configmap://team-b/reviews",
+            "configmap://Team/reviews/k",
+            "configmap://a.b/reviews/k",
+            "configmap://a/b..c/k",
+            "configmap://a/b/k/more",
+            "configmap://a/b/",
+            "s3://ab/k",
+            "s3://-abc/k",
+            "s3://Abc/k",
+            "s3://abc/",
+            "s3://abc",
+            "s3://abc/a\nb",
+            "s3://abc/a\u{2028}",
+            "https://abc/k",
+            "",
+        ];
+        for url in bad {
+            assert!(InputUrl::parse(url).is_err(), "{url:?}");
+        }
+    }
+
     /// (body, status, field) for every way a body can be wrong, and a few right ones.
     #[test]
     fn each_bad_field_is_named() {
@@ -207,8 +355,8 @@ mod tests {
             (r#"{"texts":[{"text":"a","custom_id":"x"},"b"],"priority":"low","max_batch_size":3,"timeout_seconds":60}"#, None),
             (r#"{"texts":["a"]"#, Some((400, ""))),
             (r#"{"texts": ["a", "#, Some((400, ""))),
-            (r#"{}"#, Some((422, "body"))),
-            (r#"[]"#, Some((422, "body"))),
+            (r#"{}"#, Some((422, "texts"))),
+            (r#"[]"#, Some((422, "texts"))),
             (r#"{"texts":[]}"#, Some((422, "texts"))),
             (r#"{"texts":["a","  "]}"#, Some((422, "texts[1]"))),
             (r#"{"texts":["a",3]}"#, Some((422, "texts[1]"))),
@@ -282,7 +430,7 @@ mod tests {
             let body = serde_json::to_vec(&v).unwrap();
             if let Ok(s) = Submission::decode(&body, &LIMITS) {
                 prop_assert!(!s.texts.is_empty() && s.texts.len() <= LIMITS.max_texts);
-                prop_assert!(s.texts.iter().all(|t| !t.trim().is_empty() && t.chars().count() <= LIMITS.max_text_length));
+                prop_assert!(s.texts.iter().all(|t| !inference_api::is_blank(t) && t.chars().count() <= LIMITS.max_text_length));
                 prop_assert!(s.ids.as_ref().is_none_or(|ids| ids.len() == s.texts.len()));
             }
         }

@@ -14,11 +14,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use inference_api::client::PredictError;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use kubesentiment_core::admission;
-use kubesentiment_core::crd::{Phase, Priority, SentimentBatch};
+use kubesentiment_core::crd::{ConfigMapKeyRef, Phase, Priority, S3Source, SentimentBatch, TextSource};
 use kubesentiment_core::jobs::{self, Origin};
 use kubesentiment_core::names::TENANT_LABEL;
 use kubesentiment_core::rest::{
@@ -32,7 +33,7 @@ use utoipa::IntoParams;
 use crate::Facade;
 use crate::auth::Tenant;
 use crate::error::ApiError;
-use crate::input::Submission;
+use crate::input::{InputUrl, Submission};
 
 pub fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     b.map_err(|r| match r.status() {
@@ -56,13 +57,41 @@ impl Facade {
         if tenant.owns(job.labels()) { Ok(job) } else { Err(ApiError::no_job(id)) }
     }
 
+    /// Where `input` points, if `tenant` may read it there: a ConfigMap in its own
+    /// namespace (carrying its label, when it shares the namespace), or an object in an
+    /// allowed bucket. Otherwise a 403 naming `input_url`, the same whether the ConfigMap
+    /// is missing or another tenant's.
+    async fn source(&self, tenant: &Tenant, input: &InputUrl) -> Result<TextSource, ApiError> {
+        let refuse = |message: String| ApiError::Forbidden { field: "input_url".into(), message };
+        match input {
+            InputUrl::ConfigMap { namespace, name, key } => {
+                if *namespace != tenant.namespace {
+                    return Err(refuse(format!("a ConfigMap must be in your namespace, {}", tenant.namespace)));
+                }
+                let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+                let visible = cms.get_metadata_opt(name).await?.filter(|cm| tenant.owns(cm.labels()));
+                if visible.is_none() {
+                    return Err(refuse(format!("no ConfigMap {name} in {namespace} that you may read")));
+                }
+                Ok(TextSource { config_map_key_ref: Some(ConfigMapKeyRef { name: name.clone(), key: key.clone() }), s3: None })
+            }
+            InputUrl::S3 { bucket, key } => {
+                if !self.input_buckets.contains(bucket) {
+                    return Err(refuse(format!("bucket {bucket} is not one this server reads input from")));
+                }
+                let s3 = S3Source { bucket: bucket.clone(), key: key.clone(), endpoint: None, region: None, credentials_secret_ref: None };
+                Ok(TextSource { config_map_key_ref: None, s3: Some(s3) })
+            }
+        }
+    }
+
     fn api(&self, tenant: &Tenant) -> Api<SentimentBatch> {
         Api::namespaced(self.client.clone(), &tenant.namespace)
     }
 
     /// Every cached job `tenant` may see.
     fn visible(&self, tenant: &Tenant) -> Vec<Arc<SentimentBatch>> {
-        self.jobs.state().into_iter().filter(|j| j.namespace().as_deref() == Some(&tenant.namespace) && tenant.owns(j.labels())).collect()
+        self.jobs.in_namespace(&tenant.namespace).into_iter().filter(|j| tenant.owns(j.labels())).collect()
     }
 
     /// Texts per second over the running jobs, from their progress; the last non-zero
@@ -109,12 +138,13 @@ fn already_submitted(job: &SentimentBatch) -> Response {
 /// Submit a batch job. Returns at once; the job runs in the background. With an
 /// `Idempotency-Key`, a repeated submit answers 200 with the job the first one created.
 #[utoipa::path(post, path = "/api/v1/batch/predict", tag = "batch", request_body = crate::input::BatchRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters; the same key from the same API key returns the same job")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+        description = "1 to 255 printable ASCII characters; the same key from the same API key returns the same job")),
     responses((status = 202, body = BatchJobResponse, headers(("Location" = String, description = "the job's status URL"))),
         (status = 200, body = BatchJobResponse, description = "the job an earlier submit with the same Idempotency-Key created"),
         (status = 400, body = inference_api::ErrorBody), (status = 401, body = inference_api::ErrorBody),
-        (status = 413, body = inference_api::ErrorBody), (status = 422, body = inference_api::ErrorBody),
-        (status = 429, body = inference_api::ErrorBody)),
+        (status = 403, body = inference_api::ErrorBody, description = "an input_url this key may not read"),
+        (status = 413, body = inference_api::ErrorBody), (status = 422, body = inference_api::ErrorBody)),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn submit(
     State(f): State<Arc<Facade>>,
@@ -123,6 +153,9 @@ pub async fn submit(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let mut sub = Submission::decode(&body(raw)?, &f.limits)?;
+    if let Some(input) = &sub.1 {
+        sub.0.source = Some(f.source(&tenant, input).await?);
+    }
     if let Some(key) = headers.get("idempotency-key") {
         let key = key
             .to_str()
@@ -196,12 +229,15 @@ pub async fn status(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1-based.
     #[serde(default = "one")]
+    #[param(minimum = 1, maximum = 2_147_483_647)]
     pub page: usize,
-    /// Results per page; capped by the server.
+    /// Results per page, 1–10,000; the server caps it at its configured maximum.
     #[serde(default = "hundred")]
+    #[param(minimum = 1, maximum = 10_000)]
     pub page_size: usize,
 }
 
@@ -226,11 +262,11 @@ pub async fn results(
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ResultsPage>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    if q.page == 0 {
-        return Err(ApiError::invalid("page", "pages start at 1"));
+    if !(1..=2_147_483_647).contains(&q.page) {
+        return Err(ApiError::invalid("page", "page must be 1 to 2,147,483,647"));
     }
-    if q.page_size == 0 {
-        return Err(ApiError::invalid("page_size", "page_size must be at least 1"));
+    if !(1..=10_000).contains(&q.page_size) {
+        return Err(ApiError::invalid("page_size", "page_size must be 1 to 10,000"));
     }
     let job = f.job(&tenant, &id).await?;
     let page_size = q.page_size.min(f.max_page_size);
@@ -266,6 +302,7 @@ pub async fn results(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only jobs in this state.
     pub status: Option<JobState>,
@@ -276,6 +313,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: usize,
     /// The `next_cursor` of the page before.
+    #[param(pattern = "^[0-9]{1,18}_")]
     pub after: Option<String>,
 }
 
@@ -292,6 +330,9 @@ fn list_key(j: &SentimentBatch) -> (i64, String) {
 
 fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
     let (seconds, id) = cursor.split_once('_')?;
+    if !(1..=18).contains(&seconds.len()) || !seconds.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     Some((seconds.parse().ok()?, id.to_string()))
 }
 
@@ -339,6 +380,9 @@ pub async fn cancel(
     // A write decides on the object as the API server has it, not on the cache, which
     // may lag a stream that already showed the job final; the resourceVersion makes the
     // patch fail rather than cancel a job that finished in between.
+    if !kubesentiment_core::names::is_resource_name(&id) {
+        return Err(ApiError::no_job(&id));
+    }
     let api = f.api(&tenant);
     loop {
         let job = api.get_opt(&id).await?.filter(|j| tenant.owns(j.labels())).ok_or_else(|| ApiError::no_job(&id))?;
@@ -425,9 +469,9 @@ pub async fn metrics(State(f): State<Arc<Facade>>, Extension(tenant): Extension<
 
 /// Classify a few texts now, on an inference endpoint: the synchronous baseline.
 #[utoipa::path(post, path = "/api/v1/predict", tag = "predict", request_body = crate::input::PredictRequest,
-    responses((status = 200, body = inference_api::PredictResponse), (status = 401, body = inference_api::ErrorBody),
-        (status = 413, body = inference_api::ErrorBody), (status = 422, body = inference_api::ErrorBody),
-        (status = 503, body = inference_api::ErrorBody)),
+    responses((status = 200, body = inference_api::PredictResponse), (status = 400, body = inference_api::ErrorBody),
+        (status = 401, body = inference_api::ErrorBody), (status = 413, body = inference_api::ErrorBody),
+        (status = 422, body = inference_api::ErrorBody), (status = 503, body = inference_api::ErrorBody)),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn predict(State(f): State<Arc<Facade>>, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let texts = crate::input::PredictRequest::decode(&body(raw)?, &f.limits)?;

@@ -8,6 +8,7 @@
 //! - [`input`]: request bodies parsed into valid submissions, or errors naming the field.
 //! - [`jobs`]: the job routes and the synchronous `/api/v1/predict`.
 //! - [`stream`]: WebSocket and Server-Sent Events, from a watch on one job.
+//! - [`download`]: a job's results as one JSONL file, streamed a part at a time.
 //! - [`auth`]: API keys → tenants (namespace and label), rate limits.
 //! - [`error`]: the one error type and its status map.
 //! - [`metrics`]: request count and latency by route template.
@@ -15,6 +16,7 @@
 //! The response documents are `kubesentiment_core::rest`, shared with the bench.
 
 pub mod auth;
+pub mod download;
 pub mod error;
 pub mod input;
 pub mod jobs;
@@ -51,11 +53,13 @@ use self::metrics::HttpMetrics;
 /// Everything the routes share.
 pub struct Facade {
     pub client: Client,
-    /// The watch cache of every job in the tenants' namespaces.
-    pub jobs: reflector::Store<SentimentBatch>,
+    /// The watch caches of every job in the tenants' namespaces.
+    pub jobs: Jobs,
     pub cfg: AsyncBatch,
     pub limits: Limits,
     pub max_page_size: usize,
+    /// The S3 buckets an `input_url` may name.
+    pub input_buckets: Vec<String>,
     /// `spec.output` of jobs submitted here; `None` keeps results in ConfigMaps.
     pub output: Option<String>,
     /// `spec.ttlSecondsAfterFinished` of jobs submitted here; `None` keeps them.
@@ -73,14 +77,80 @@ pub struct Facade {
     pub ready: AtomicBool,
 }
 
+/// The watch caches of jobs, one per namespace the tenants use: a namespaced watch needs
+/// only a Role in that namespace, where one watch over every namespace would need a
+/// ClusterRole.
+#[derive(Clone, Default)]
+pub struct Jobs(Arc<std::collections::BTreeMap<String, reflector::Store<SentimentBatch>>>);
+
+impl Jobs {
+    pub fn new(caches: impl IntoIterator<Item = (String, reflector::Store<SentimentBatch>)>) -> Jobs {
+        Jobs(Arc::new(caches.into_iter().collect()))
+    }
+
+    pub fn get(&self, key: &reflector::ObjectRef<SentimentBatch>) -> Option<Arc<SentimentBatch>> {
+        self.0.get(key.namespace.as_deref()?)?.get(key)
+    }
+
+    /// Every cached job of `namespace`.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<SentimentBatch>> {
+        self.0.get(namespace).map(|c| c.state()).unwrap_or_default()
+    }
+
+    /// Every cached job.
+    pub fn state(&self) -> Vec<Arc<SentimentBatch>> {
+        self.0.values().flat_map(|c| c.state()).collect()
+    }
+
+    /// Whether every cache holds its first full list (false if one's writer went away).
+    pub async fn wait_until_ready(&self) -> bool {
+        for cache in self.0.values() {
+            if cache.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "KubeSentiment batch API", description = "Asynchronous batch sentiment analysis; every job is a SentimentBatch resource."),
-    paths(jobs::submit, jobs::status, jobs::results, jobs::list, jobs::cancel, jobs::queue, jobs::metrics, jobs::predict, stream::ws, stream::sse),
+    paths(jobs::submit, jobs::status, jobs::results, jobs::list, jobs::cancel, jobs::queue, jobs::metrics, jobs::predict, stream::ws, stream::sse, download::download),
     modifiers(&Security),
     tags((name = "batch", description = "Batch jobs"), (name = "predict", description = "Synchronous prediction"))
 )]
 pub struct ApiDoc;
+
+/// The OpenAPI document with this server's configured limits in place of the defaults
+/// that the types declare, so that every request the document allows is one the server
+/// accepts.
+/// Served as JSON, not as utoipa's types, which cannot hold `oneOf` beside `properties`.
+pub fn api_doc(limits: &Limits) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes. This is a bug.");
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["Text"]["maxLength"] = limits.max_text_length.min(kubesentiment_core::crd::MAX_TEXT_CHARS).into();
+    for body in ["BatchRequest", "PredictRequest"] {
+        schemas[body]["properties"]["texts"]["maxItems"] = limits.max_texts.into();
+    }
+    schemas["BatchRequest"]["properties"]["timeout_seconds"]["maximum"] = limits.max_timeout_seconds.min(input::MAX_TIMEOUT_SECONDS).into();
+    // Exactly one of the two, which utoipa cannot say.
+    schemas["BatchRequest"]["oneOf"] = serde_json::json!([{"required": ["texts"]}, {"required": ["input_url"]}]);
+    // The gate in front of every /api route answers 429 for a key over its rate.
+    let limited = serde_json::json!({
+        "description": "over the API key's rate limit or the concurrent-users limit",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    });
+    for (path, item) in doc["paths"].as_object_mut().into_iter().flatten() {
+        for op in item.as_object_mut().into_iter().flat_map(|m| m.values_mut()).filter(|_| path.starts_with("/api/")) {
+            if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) {
+                responses.insert("429".into(), limited.clone());
+            }
+        }
+    }
+    doc
+}
 
 struct Security;
 
@@ -98,6 +168,7 @@ pub fn router(facade: Arc<Facade>, gate: Arc<Gate>, max_body_bytes: usize) -> Ro
         .route("/api/v1/batch/predict", post(jobs::submit))
         .route("/api/v1/batch/status/{job_id}", get(jobs::status))
         .route("/api/v1/batch/results/{job_id}", get(jobs::results))
+        .route("/api/v1/batch/results/{job_id}/download", get(download::download))
         .route("/api/v1/batch/jobs", get(jobs::list))
         .route("/api/v1/batch/jobs/{job_id}", delete(jobs::cancel))
         .route("/api/v1/batch/queue/status", get(jobs::queue))
@@ -113,7 +184,7 @@ pub fn router(facade: Arc<Facade>, gate: Arc<Gate>, max_body_bytes: usize) -> Ro
         .route("/metrics", get(|State(f): State<Arc<Facade>>| async move { f.metrics.render() }))
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", api_doc(&facade.limits)))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(facade.clone(), record))
         .with_state(facade)
@@ -139,4 +210,31 @@ async fn record(State(f): State<Arc<Facade>>, req: Request, next: Next) -> Respo
     let resp = next.run(req).await;
     f.metrics.observe(&method, &route, resp.status().as_u16(), t.elapsed());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The served document carries the configured limits, not the types' defaults.
+    #[test]
+    fn the_document_states_the_configured_limits() {
+        let limits = Limits { max_texts: 7, max_text_length: 30, max_timeout_seconds: 3600 };
+        let doc = api_doc(&limits);
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["Text"]["maxLength"], 30);
+        assert_eq!(schemas["BatchRequest"]["properties"]["texts"]["maxItems"], 7);
+        assert_eq!(schemas["PredictRequest"]["properties"]["texts"]["maxItems"], 7);
+        assert_eq!(schemas["BatchRequest"]["properties"]["timeout_seconds"]["maximum"], 3600);
+        assert_eq!(schemas["BatchRequest"]["oneOf"][1]["required"][0], "input_url");
+        let huge = Limits { max_texts: 7, max_text_length: 1 << 20, max_timeout_seconds: u64::MAX };
+        let doc = api_doc(&huge);
+        assert_eq!(doc["components"]["schemas"]["Text"]["maxLength"], 10_000);
+        assert_eq!(doc["components"]["schemas"]["BatchRequest"]["properties"]["timeout_seconds"]["maximum"], 604_800);
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                assert!(op["responses"].get("429").is_some(), "{method} {path} does not document 429");
+            }
+        }
+    }
 }

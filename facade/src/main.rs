@@ -48,6 +48,10 @@ struct Cli {
     max_body_bytes: usize,
     #[arg(long, default_value_t = 1000)]
     max_page_size: usize,
+    /// S3 buckets a job's `input_url` may name (`s3://BUCKET/KEY`), comma-separated; the
+    /// operator reads them with its own store settings (`AWS_*`). Empty: no S3 input.
+    #[arg(long, env = "KUBESENTIMENT_INPUT_BUCKETS", value_delimiter = ',')]
+    input_buckets: Vec<String>,
     /// `spec.output` of submitted jobs (`s3://…`, `file:///…`); unset: ConfigMaps.
     #[arg(long, env = "KUBESENTIMENT_OUTPUT")]
     output: Option<String>,
@@ -71,18 +75,21 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    // One watch cache over the namespaces the tenants use.
-    let namespaces = keys.namespaces();
-    let api: Api<SentimentBatch> = match namespaces.as_slice() {
-        [one] => Api::namespaced(client.clone(), one),
-        _ => Api::all(client.clone()),
-    };
-    api.list(&kube::api::ListParams::default().limit(1)).await.context("listing SentimentBatches: is the CRD installed (crds/)?")?;
-    let (store, writer) = reflector::store();
-    // The cache keeps jobs without their inline texts (a count stays).
-    let jobs = watcher(api, watcher::Config::default()).map_ok(|ev| ev.modify(kubesentiment_core::status::strip_texts));
-    let cache = reflector(writer, jobs).default_backoff();
-    tasks.spawn(kubesentiment_core::watch::drive(cache, "SentimentBatches", stop.clone(), |_| {}));
+    // A watch cache per namespace the tenants use: each needs only a Role there.
+    let mut caches = Vec::new();
+    for namespace in keys.namespaces() {
+        let api: Api<SentimentBatch> = Api::namespaced(client.clone(), &namespace);
+        api.list(&kube::api::ListParams::default().limit(1)).await.with_context(|| {
+            format!("listing SentimentBatches in {namespace}: is the CRD installed (crds/), and may the facade read them there?")
+        })?;
+        let (store, writer) = reflector::store();
+        // The cache keeps jobs without their inline texts (a count stays).
+        let jobs = watcher(api, watcher::Config::default()).map_ok(|ev| ev.modify(kubesentiment_core::status::strip_texts));
+        let cache = reflector(writer, jobs).default_backoff();
+        tasks.spawn(kubesentiment_core::watch::drive(cache, "SentimentBatches", stop.clone(), |_| {}));
+        caches.push((namespace, store));
+    }
+    let store = facade::Jobs::new(caches);
     let endpoints = endpoints::watch(client.clone(), &cli.common.inference_service, &tasks, stop.clone());
 
     let facade = Arc::new(Facade {
@@ -96,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         cfg,
         max_page_size: cli.max_page_size.max(1),
         output: cli.output,
+        input_buckets: cli.input_buckets.into_iter().filter(|b| !b.is_empty()).collect(),
         job_ttl_seconds: (cli.job_ttl_seconds > 0).then(|| cli.job_ttl_seconds.min(i32::MAX as u32) as i32),
         stores: ObjectStores::from_env(),
         endpoints: endpoints.urls.clone(),
@@ -114,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
         tasks.spawn(async move {
             // Ready once both caches hold their first full list.
             let synced = async {
-                let jobs = store.wait_until_ready().await.is_ok();
+                let jobs = store.wait_until_ready().await;
                 endpoints.synced().await;
                 jobs
             };

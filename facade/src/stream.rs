@@ -61,7 +61,12 @@ fn follow(f: &Facade, tenant: &Tenant, id: &str) -> impl Stream<Item = BatchJobS
 }
 
 /// A job's status over a WebSocket.
-#[utoipa::path(get, path = "/api/v1/batch/ws/{job_id}", tag = "batch", params(("job_id" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/batch/ws/{job_id}", tag = "batch",
+    params(("job_id" = String, Path),
+        ("Connection" = String, Header, pattern = "^[Uu]pgrade$", description = "`Upgrade`, as for every WebSocket handshake"),
+        ("Upgrade" = String, Header, pattern = "^websocket$", description = "`websocket`"),
+        ("Sec-WebSocket-Version" = String, Header, pattern = "^13$", description = "`13`"),
+        ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{22}==$", description = "16 random bytes in base64")),
     responses((status = 101, description = "WebSocket of BatchJobStatus documents, as text frames"),
         (status = 400, description = "not a WebSocket upgrade request", body = inference_api::ErrorBody),
         (status = 401, body = inference_api::ErrorBody), (status = 404, body = inference_api::ErrorBody),

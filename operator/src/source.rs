@@ -237,7 +237,7 @@ impl S3Texts {
             offset += read as u64;
             number += 1;
             let text = std::str::from_utf8(&line).map_err(|e| SourceError::Invalid(format!("{what}: line {number}: not UTF-8 ({e})")))?;
-            if text.trim().is_empty() {
+            if inference_api::is_blank(text) {
                 continue;
             }
             let jsonl = *jsonl.get_or_insert_with(|| text.trim_start().starts_with('{'));
@@ -282,7 +282,7 @@ impl S3Texts {
         };
         let text = std::str::from_utf8(&body).map_err(|_| changed())?;
         let items: Vec<Item> =
-            text.lines().filter(|l| !l.trim().is_empty()).map(|l| parse_line(self.jsonl, l, 0, what)).collect::<Result<_, _>>()?;
+            text.lines().filter(|l| !inference_api::is_blank(l)).map(|l| parse_line(self.jsonl, l, 0, what)).collect::<Result<_, _>>()?;
         if items.len() != WINDOW.min(self.total - k * WINDOW) {
             return Err(changed());
         }
@@ -382,7 +382,7 @@ pub fn parse(body: &[u8], what: &str) -> Result<Vec<Item>, SourceError> {
         return Ok(entries.into_iter().map(Entry::into_item).collect());
     }
     let jsonl = trimmed.starts_with('{');
-    text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(n, l)| parse_line(jsonl, l, n + 1, what)).collect()
+    text.lines().enumerate().filter(|(_, l)| !inference_api::is_blank(l)).map(|(n, l)| parse_line(jsonl, l, n + 1, what)).collect()
 }
 
 /// One line (numbered `number` in errors) of a JSONL or plain-text source.
@@ -398,7 +398,7 @@ fn parse_line(jsonl: bool, line: &str, number: usize, what: &str) -> Result<Item
 
 /// Text `i`'s own checks: not blank, and an id within bounds.
 fn check(item: &Item, i: usize, what: &str) -> Result<(), SourceError> {
-    if item.text.trim().is_empty() {
+    if inference_api::is_blank(&item.text) {
         return Err(SourceError::Invalid(format!("{what}: text {i} is empty")));
     }
     if item.id.as_ref().is_some_and(|id| id.chars().count() > MAX_ID_CHARS) {

@@ -145,6 +145,7 @@ async fn the_chart_lints_validates_and_installs() {
         ("operator.replicas=-1", "/operator/replicas"),
         ("inference.modelSource=s3", "/inference/modelSource"),
         ("asyncBatch.max_jobz=1", "max_jobz"),
+        ("facade.tenantNamespaces={Team_B}", "/facade/tenantNamespaces/0"),
     ] {
         let (ok, _, err) = helm(cluster, &["template", "ks", chart, "--set", set]);
         assert!(!ok && err.contains(key), "--set {set} was not refused by the schema: {err}");
@@ -205,7 +206,9 @@ async fn the_chart_lints_validates_and_installs() {
     // A real install with the defaults: the CRD, the Deployments and least-privilege RBAC.
     let ns = cluster.namespace("chart-install").await.unwrap();
     let release = format!("ks{}", std::process::id());
-    let watch = format!("operator.watchNamespace={0},facade.jobsNamespace={0}", jobs_ns.name);
+    let tenant_ns = cluster.namespace("chart-tenant").await.unwrap();
+    let watch =
+        format!("operator.watchNamespace={0},facade.jobsNamespace={0},facade.tenantNamespaces={{{1}}}", jobs_ns.name, tenant_ns.name);
     let (ok, out, err) = helm(cluster, &["install", &release, chart, "-n", &ns.name, "--set", &watch]);
     assert!(ok, "helm install:\n{out}{err}");
     assert!(out.contains("kubectl get sb"), "NOTES.txt: {out}");
@@ -245,6 +248,9 @@ async fn the_chart_lints_validates_and_installs() {
         ("facade", "get", "secrets", other, false),
         ("facade", "patch", "sentimentbatches.kubesentiment.io/status", other, false),
         ("facade", "list", "sentimentbatches.kubesentiment.io", &ns.name, false),
+        ("facade", "watch", "sentimentbatches.kubesentiment.io", &tenant_ns.name, true),
+        ("facade", "create", "configmaps", &tenant_ns.name, true),
+        ("facade", "delete", "sentimentbatches.kubesentiment.io", &tenant_ns.name, false),
     ] {
         let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
         let (_, answer, _) =
@@ -315,6 +321,24 @@ async fn the_chart_lints_validates_and_installs() {
     let sync = http.post(format!("{api}/api/v1/predict")).json(&serde_json::json!({"texts": ["Fine."]})).send().await.unwrap();
     assert_eq!(sync.status(), 200);
     assert!(!facade.output().contains("forbidden"), "{}", facade.output());
+
+    // Keys that name namespaces (one the jobs namespace, one a tenant's): a watch in each,
+    // which the Roles allow; each key sees its own jobs only.
+    let mut cmd = Command::new(release_bin("kubesentiment-facade"));
+    cmd.env("KUBECONFIG", &kubeconfig).env("KUBESENTIMENT_API_KEYS", format!("team-a-key-01={other},team-b-key-02={}", tenant_ns.name));
+    cmd.args(["--inference-service", &format!("{}/{release}-inference", ns.name), "--host", "127.0.0.1", "--port", "0"]);
+    let mut tenants = Proc::spawn("chart-facade-tenants", cmd).unwrap();
+    let api = format!("http://{}", tenants.wait_for("listening on ", std::time::Duration::from_secs(30)).unwrap());
+    let submit = serde_json::json!({"texts": ["A tenant's text."]});
+    let answer = http.post(format!("{api}/api/v1/batch/predict")).bearer_auth("team-b-key-02").json(&submit).send().await.unwrap();
+    assert_eq!(answer.status(), 202, "{}", tenants.output());
+    let job: serde_json::Value = answer.json().await.unwrap();
+    let id = job["job_id"].as_str().unwrap();
+    assert!(kubectl(cluster, &["-n", &tenant_ns.name, "get", "sb", id], "").0, "the job is in the tenant's namespace");
+    let status = |key: &'static str| http.get(format!("{api}/api/v1/batch/status/{id}")).bearer_auth(key).send();
+    assert_eq!(status("team-b-key-02").await.unwrap().status(), 200);
+    assert_eq!(status("team-a-key-01").await.unwrap().status(), 404, "another tenant's job");
+    assert!(!tenants.output().contains("forbidden"), "{}", tenants.output());
 
     // The generated API key is kept across an upgrade.
     let key =

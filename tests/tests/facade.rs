@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use kubesentiment_tests::stack::{Stack, facade, venv_bin};
+use kubesentiment_tests::stack::{S3, Stack, facade, operator, venv_bin};
 use kubesentiment_tests::{eventually, repo_root};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -310,12 +310,20 @@ async fn pages_cancel_and_streams() {
         seen.extend(results.iter().map(|r| (r["index"].as_u64().unwrap(), r["custom_id"].as_str().unwrap().to_string())));
     }
     assert_eq!(seen, (0..250).map(|i| (i, format!("c-{i}"))).collect::<Vec<_>>());
-    let capped = rest.call(Method::GET, &format!("/api/v1/batch/results/{id}?page=2&page_size=100000"), None).await.unwrap().body;
+    // The same lines as one JSONL download, field for field.
+    let pages = rest.all_results(&id, 100).await.unwrap();
+    let file = reqwest::get(format!("{}/api/v1/batch/results/{id}/download", s.url)).await.unwrap();
+    assert_eq!(file.headers()["content-disposition"], format!("attachment; filename=\"{id}.jsonl\"").as_str());
+    let lines: Vec<Value> = file.text().await.unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines, pages);
+    let errors = reqwest::get(format!("{}/api/v1/batch/results/{id}/download?errors=true", s.url)).await.unwrap();
+    assert_eq!((errors.status().as_u16(), errors.text().await.unwrap()), (200, String::new()), "no text failed");
+    let capped = rest.call(Method::GET, &format!("/api/v1/batch/results/{id}?page=2&page_size=10000"), None).await.unwrap().body;
     assert_eq!(
         (capped["page_size"].as_u64(), capped["results"].as_array().unwrap().len(), capped["results"][0]["index"].as_u64()),
         (Some(120), 120, Some(120))
     );
-    for (query, field) in [("page=0", "page"), ("page_size=0", "page_size"), ("page=abc", "query")] {
+    for (query, field) in [("page=0", "page"), ("page_size=0", "page_size"), ("page_size=10001", "page_size"), ("page=abc", "query")] {
         let a = rest.call(Method::GET, &format!("/api/v1/batch/results/{id}?{query}"), None).await.unwrap();
         assert_eq!((a.status, a.body["field"].as_str()), (422, Some(field)), "{query}");
     }
@@ -552,4 +560,89 @@ async fn python_client() {
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "pytest failed:\n{log}\nfacade log:\n{}", s.facade.output());
     assert!(log.contains(" passed"), "{log}");
+}
+
+/// Schemathesis with every check, from the served OpenAPI document, against a facade with
+/// API keys, an inference server and an operator: no 5xx, every answer's status, headers
+/// and body as documented, every request the document allows accepted and every one it
+/// forbids refused. The WebSocket route is left out: schemathesis speaks request and
+/// response, and takes the 101 of a successful upgrade for a failure
+/// (`pages_cancel_and_streams` follows a job over it).
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_nothing() {
+    let key = "fuzz-key-0001";
+    let env = [("KUBESENTIMENT_API_KEYS", key), ("KUBESENTIMENT_RATE_LIMIT_PER_MINUTE", "1000000")];
+    let Some(s) = Stack::start("rest-fuzz", true, &[], &env).await else { return };
+    // Its example database goes to a scratch directory, not the clone.
+    let scratch = std::env::temp_dir().join(format!("schemathesis-{}", s.ns.name));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let config = repo_root().join("tests/schemathesis.toml");
+    let out = std::process::Command::new(venv_bin("st").unwrap())
+        .arg("--config-file")
+        .arg(&config)
+        .args(["run", &format!("{}/openapi.json", s.url), "--checks", "all", "--workers", "2", "--max-examples", "50"])
+        .args(["--header", &format!("Authorization: Bearer {key}"), "--exclude-path", "/api/v1/batch/ws/{job_id}"])
+        .current_dir(&scratch)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&scratch).ok();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schemathesis found failures:\n{log}\nfacade log:\n{}", s.facade.output());
+    // Every operation of the document but the WebSocket's was fuzzed.
+    let doc: Value = reqwest::get(format!("{}/openapi.json", s.url)).await.unwrap().json().await.unwrap();
+    let operations: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
+    assert!(log.contains(&format!("{} selected / {operations} total", operations - 1)), "{log}");
+}
+
+/// `input_url`: a job's texts from a ConfigMap in the caller's namespace or from an object
+/// in a bucket the facade allows, read by the operator at any size; a location the caller
+/// may not read is a 403 naming `input_url`, before any job exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_read_their_texts_from_input_urls() {
+    let Some(mut s) = Stack::start("rest-input", false, &["--input-buckets", "ks-input,ks-other"], &[]).await else { return };
+    let s3 = S3::start().await.unwrap();
+    let s3_env = s3.env();
+    let env: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.operator = Some(operator(s.cluster, &s.ns.name, &[], &env).unwrap());
+    let rest = Rest::new(&s.url, None);
+
+    // 3,000 lines in S3: more than a request may carry inline.
+    let n = 3000;
+    s3.put("ks-input", "").await.unwrap();
+    s3.put("ks-input/reviews.txt", texts(n).join("\n")).await.unwrap();
+    let from_s3 = rest.submit(json!({"input_url": "s3://ks-input/reviews.txt", "priority": "high"})).await.unwrap();
+    // JSONL with ids in a ConfigMap of the caller's namespace.
+    let lines: String = texts(5).iter().enumerate().map(|(i, t)| json!({"text": t, "id": format!("cm-{i}")}).to_string() + "\n").collect();
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "reviews"}, "data": {"texts.jsonl": lines}});
+    let applied = s.cluster.kubectl().args(["-n", &s.ns.name, "apply", "-f", "-"]).stdin(std::process::Stdio::piped()).spawn();
+    let mut applied = applied.unwrap();
+    std::io::Write::write_all(applied.stdin.as_mut().unwrap(), cm.to_string().as_bytes()).unwrap();
+    assert!(applied.wait().unwrap().success());
+    let from_cm = rest.submit(json!({"input_url": format!("configmap://{}/reviews/texts.jsonl", s.ns.name)})).await.unwrap();
+
+    for (id, total) in [(&from_s3, n), (&from_cm, 5)] {
+        let done = rest.finished(id).await.unwrap();
+        assert_eq!((done["status"].as_str(), done["processed_texts"].as_u64()), (Some("completed"), Some(total as u64)), "{done}");
+    }
+    let results = rest.all_results(&from_cm, 10).await.unwrap();
+    assert_eq!(results.iter().map(|r| r["custom_id"].as_str().unwrap()).collect::<Vec<_>>(), ["cm-0", "cm-1", "cm-2", "cm-3", "cm-4"]);
+    assert_eq!(rest.all_results(&from_s3, 1000).await.unwrap().len(), n);
+
+    let ns = s.ns.name.clone();
+    for (body, status, field, why) in [
+        (json!({"input_url": "configmap://kube-system/reviews/texts.jsonl"}), 403, "input_url", "your namespace"),
+        (json!({"input_url": format!("configmap://{ns}/missing/texts.jsonl")}), 403, "input_url", "no ConfigMap missing"),
+        (json!({"input_url": "s3://ks-elsewhere/reviews.txt"}), 403, "input_url", "not one this server reads"),
+        (json!({"input_url": "http://example.com/reviews.txt"}), 422, "input_url", "unknown scheme"),
+        (json!({"input_url": "s3://ks-input/"}), 422, "input_url", "the key is empty"),
+        (json!({"input_url": "s3://ks-input/reviews.txt", "texts": ["a"]}), 422, "input_url", "not both"),
+        (json!({"priority": "high"}), 422, "texts", "texts or input_url is required"),
+        (json!({"texts": null, "input_url": "s3://ks-input/reviews.txt"}), 422, "texts", "null"),
+    ] {
+        let a = rest.call(Method::POST, "/api/v1/batch/predict", Some(body.clone())).await.unwrap();
+        assert_eq!((a.status, a.body["field"].as_str()), (status, Some(field)), "{body}: {}", a.body);
+        assert!(a.body["message"].as_str().unwrap().contains(why), "{body}: {}", a.body);
+    }
+    check_against_openapi(&rest).await.unwrap();
 }

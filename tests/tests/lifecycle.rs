@@ -15,7 +15,7 @@ use kubesentiment_core::crd::Phase;
 use kubesentiment_core::names::BATCH_UID_LABEL;
 use kubesentiment_core::store::Store;
 use kubesentiment_tests::batches::{Env, LONG, condition, env, status};
-use kubesentiment_tests::stack::{Inference, S3, operator, register};
+use kubesentiment_tests::stack::{Inference, S3, facade, operator, register};
 use kubesentiment_tests::{eventually, texts};
 use serde_json::json;
 
@@ -164,6 +164,28 @@ async fn a_hundred_thousand_texts_expire_with_a_complete_failures_list() {
     assert_eq!(failures[0].id.as_deref(), None, "timeouts carry no id: the texts were never read back");
     let lines = store.read_range(0..n as usize).await.unwrap();
     assert_eq!(lines.len() as i64, ok);
+
+    // The same as one JSONL download from the facade, parts and failure shards merged a
+    // part at a time: every index once, in input order.
+    let (_facade, url) = facade(env.cluster, &env.ns.name, &[], &[]).await.unwrap();
+    let download = |query: &str| {
+        let url = format!("{url}/api/v1/batch/results/huge/download{query}");
+        async move {
+            let got = reqwest::get(url).await.unwrap();
+            assert_eq!(got.headers()["content-type"], "application/x-ndjson");
+            let body = got.error_for_status().unwrap().text().await.unwrap();
+            body.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
+        }
+    };
+    let items = download("").await;
+    assert_eq!(items.iter().map(|i| i["index"].as_i64().unwrap()).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>());
+    let done: Vec<_> = items.iter().filter(|i| i["label"].is_string()).collect();
+    assert_eq!(done.len() as i64, ok);
+    assert!(done.iter().all(|i| i["custom_id"] == format!("r{}", i["index"])), "a computed line keeps its id");
+    assert_eq!(items.iter().filter(|i| i["error"] == "timeout").count() as i64, n - ok);
+    let errors = download("?errors=true").await;
+    assert_eq!(errors.len() as i64, n - ok);
+    assert!(errors.windows(2).all(|w| w[0]["index"].as_i64() < w[1]["index"].as_i64()));
 }
 
 #[tokio::test]

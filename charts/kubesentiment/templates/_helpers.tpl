@@ -25,6 +25,12 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 {{- default .Release.Namespace .Values.facade.jobsNamespace -}}
 {{- end -}}
 
+{{/* The namespaces the facade serves jobs in, space-separated: the jobs namespace and
+every facade.tenantNamespaces entry, each once. */}}
+{{- define "ks.facadeNamespaces" -}}
+{{- prepend .Values.facade.tenantNamespaces (include "ks.jobsNamespace" .) | uniq | join " " -}}
+{{- end -}}
+
 {{- define "ks.apiKeysSecret" -}}
 {{- default (printf "%s-api-keys" (include "ks.name" .)) .Values.facade.apiKeys.existingSecret -}}
 {{- end -}}

@@ -1,6 +1,7 @@
 """The client against a real facade: KUBESENTIMENT_API (and KUBESENTIMENT_API_KEY) name it.
 The Rust test `python_client` in tests/tests/facade.rs starts one and runs this suite."""
 
+import json
 import os
 import time
 
@@ -45,6 +46,29 @@ def test_results_iterate_every_page_with_custom_ids(client):
     client.wait(job["job_id"])
     results = list(client.results(job["job_id"], page_size=100))
     assert [r["custom_id"] for r in results] == [f"row-{i}" for i in range(250)]
+
+
+def test_download_writes_every_result_in_order(client, tmp_path):
+    items = [{"text": f"{TEXTS[i % 3]} #{i}", "custom_id": f"row-{i}"} for i in range(250)]
+    job = client.submit(items)
+    client.wait(job["job_id"])
+    path = tmp_path / "results.jsonl"
+    assert client.download(job["job_id"], str(path)) == 250
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == list(client.results(job["job_id"]))
+    assert client.download(job["job_id"], str(tmp_path / "errors.jsonl"), errors=True) == 0
+    with pytest.raises(ApiError) as e:
+        client.download("no-such-job", str(tmp_path / "none.jsonl"))
+    assert e.value.status == 404
+
+
+def test_an_input_url_the_key_may_not_read_is_forbidden(client):
+    with pytest.raises(ApiError) as e:
+        client.submit(input_url="s3://not-an-input-bucket/texts.jsonl")
+    assert (e.value.status, e.value.field) == (403, "input_url")
+    with pytest.raises(ApiError) as e:
+        client.submit()
+    assert (e.value.status, e.value.field) == (422, "texts")
 
 
 def test_predict_batch_and_sync_predict(client):

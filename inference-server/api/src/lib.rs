@@ -20,6 +20,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Whether a text holds nothing to classify: every character is white space as
+/// ECMA-262 defines it, which is what `\S` means in the patterns of the JSON Schemas
+/// and OpenAPI documents that clients validate against. Every program refuses a blank
+/// text by this one rule, so a text the documents allow is never refused further on.
+pub fn is_blank(text: &str) -> bool {
+    text.chars().all(|c| {
+        matches!(c, '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}')
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}' | '\u{feff}')
+    })
+}
+
 /// The body of `POST /v1/predict`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +130,17 @@ pub fn metric_sums(page: &str) -> BTreeMap<String, f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn blank_is_ecma_white_space() {
+        for blank in ["", " ", "\t\n\r", "\u{a0}\u{3000}", "\u{feff}", "\u{2028}"] {
+            assert!(super::is_blank(blank), "{blank:?}");
+        }
+        // U+0085 and U+001C–U+001F are white space to Rust or Python, not to ECMA-262.
+        for text in ["a", " a ", "\u{85}", "\u{1d}", "\u{0}"] {
+            assert!(!super::is_blank(text), "{text:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

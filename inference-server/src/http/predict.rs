@@ -59,7 +59,7 @@ pub fn validate(req: &PredictRequest, limits: &RequestLimits) -> Result<(), ApiE
         ));
     }
     for (i, text) in req.texts.iter().enumerate() {
-        if text.trim().is_empty() {
+        if inference_api::is_blank(text) {
             return Err(ApiError::validation(format!("texts[{i}]"), "text must not be empty"));
         }
         let chars = text.chars().count();
@@ -150,7 +150,7 @@ mod tests {
         fn near_miss_bodies_name_a_field(texts in proptest::collection::vec(".{0,20}", 0..5), truncate in proptest::option::of(proptest::bool::ANY)) {
             let body = serde_json::json!({ "texts": texts, "options": { "truncate": truncate } }).to_string();
             match decode(body.as_bytes()).and_then(|r| validate(&r, &RequestLimits::default()).map(|()| r)) {
-                Ok(req) => proptest::prop_assert!(req.texts.iter().all(|t| !t.trim().is_empty())),
+                Ok(req) => proptest::prop_assert!(req.texts.iter().all(|t| !inference_api::is_blank(t))),
                 Err(e) => proptest::prop_assert!(e.field().is_some(), "{e}"),
             }
         }

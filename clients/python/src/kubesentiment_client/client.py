@@ -49,29 +49,39 @@ class Client:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self._http.request(method, path, **kwargs)
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {"error": "http_error", "message": resp.text}
-            retry = resp.headers.get("retry-after")
-            raise ApiError(resp.status_code, body.get("error", ""), body.get("message", ""), body.get("field"), float(retry) if retry else None)
+            self._raise(resp)
         return resp.json()
+
+    @staticmethod
+    def _raise(resp: httpx.Response) -> None:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {"error": "http_error", "message": resp.text}
+        retry = resp.headers.get("retry-after")
+        raise ApiError(resp.status_code, body.get("error", ""), body.get("message", ""), body.get("field"), float(retry) if retry else None)
 
     def submit(
         self,
-        texts: Sequence[Text],
+        texts: Optional[Sequence[Text]] = None,
         priority: str = "medium",
         timeout_seconds: Optional[int] = None,
         max_batch_size: Optional[int] = None,
         model: Optional[str] = None,
         metadata: Optional[Dict[str, str]] = None,
         idempotency_key: Optional[str] = None,
+        input_url: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Submits a batch; returns the BatchJobResponse (`job_id`, `status`, ...) at once.
-        A text is a string, or a dict with `text` and `custom_id`. `metadata` (up to 16
-        string pairs) comes back on status and in `list`. A submit repeated with the same
-        `idempotency_key` returns the job the first one created."""
-        body: Dict[str, Any] = {"texts": list(texts), "priority": priority}
+        A text is a string, or a dict with `text` and `custom_id`; or, instead of texts,
+        `input_url` (`configmap://NAMESPACE/NAME/KEY` or `s3://BUCKET/KEY`) names where
+        they are. `metadata` (up to 16 string pairs) comes back on status and in `list`. A
+        submit repeated with the same `idempotency_key` returns the job the first one created."""
+        body: Dict[str, Any] = {"priority": priority}
+        if texts is not None:
+            body["texts"] = list(texts)
+        if input_url is not None:
+            body["input_url"] = input_url
         for key, value in (("timeout_seconds", timeout_seconds), ("max_batch_size", max_batch_size), ("model", model), ("metadata", metadata)):
             if value is not None:
                 body[key] = value
@@ -108,6 +118,21 @@ class Client:
             if not body["has_more"]:
                 return
             page += 1
+
+    def download(self, job_id: str, path: str, errors: bool = False) -> int:
+        """Writes every result (or, with `errors`, every failure) to `path` as JSONL, in
+        input order, streamed; returns the number of lines."""
+        params = {"errors": "true"} if errors else {}
+        with self._http.stream("GET", f"/api/v1/batch/results/{job_id}/download", params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                self._raise(resp)
+            lines = 0
+            with open(path, "wb") as out:
+                for chunk in resp.iter_bytes():
+                    out.write(chunk)
+                    lines += chunk.count(b"\n")
+        return lines
 
     def cancel(self, job_id: str) -> Dict[str, Any]:
         """Cancels a job; raises ApiError 409 if it has already ended."""
