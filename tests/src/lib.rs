@@ -10,6 +10,7 @@
 //! `KUBESENTIMENT_REQUIRE_CLUSTER=1` (set by CI) it panics instead, so CI never passes on
 //! skipped tests.
 
+pub mod apiserver;
 pub mod batches;
 pub mod stack;
 

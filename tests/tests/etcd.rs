@@ -7,7 +7,6 @@
 //! cargo test -p kubesentiment-tests --release --test etcd -- --ignored --nocapture --test-threads 1
 //! ```
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -15,34 +14,14 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
 use kubesentiment_core::crd::Phase;
 use kubesentiment_core::names::BATCH_UID_LABEL;
+use kubesentiment_tests::apiserver::{by_resource, metrics};
 use kubesentiment_tests::batches::{Env, env};
 use kubesentiment_tests::stack::{Inference, Proc, operator, register};
 use kubesentiment_tests::{eventually, texts};
 use serde_json::json;
 
-/// The API server's own metrics page.
-fn metrics(env: &Env) -> String {
-    let out = env.cluster.kubectl().args(["get", "--raw", "/metrics"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Of `family` (a histogram's `_sum` or `_count`), the value per `resource/verb` for
-/// the resources a batch writes.
-fn by_resource(page: &str, family: &str) -> BTreeMap<String, f64> {
-    let label = |l: &str, k: &str| l.split(&format!("{k}=\"")).nth(1).and_then(|r| r.split('"').next()).map(String::from);
-    page.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")))
-        .filter_map(|l| {
-            let (resource, verb) = (label(l, "resource")?, label(l, "verb")?);
-            ["configmaps", "events", "sentimentbatches"].contains(&resource.as_str()).then_some(())?;
-            Some((format!("{resource}/{verb}"), l.rsplit(' ').next()?.parse().ok()?))
-        })
-        .collect()
-}
-
 fn storage_bytes(env: &Env) -> f64 {
-    let page = metrics(env);
+    let page = metrics(env.cluster);
     page.lines().find_map(|l| l.strip_prefix("apiserver_storage_size_bytes{")?.rsplit(' ').next()?.parse().ok()).unwrap()
 }
 
@@ -70,14 +49,14 @@ async fn api_writes_per_batch_size() {
             env.configmap(&name, json!({"lines": texts(n, &name).join("\n")})).await;
             json!({"source": {"configMapKeyRef": {"name": name, "key": "lines"}}})
         };
-        let page = metrics(&env);
+        let page = metrics(env.cluster);
         let (bytes0, writes0) =
             (by_resource(&page, "apiserver_request_body_size_bytes_sum"), by_resource(&page, "apiserver_request_body_size_bytes_count"));
         env.create(&name, spec).await.unwrap();
         env.phase(&name, Phase::Succeeded).await;
         // The last Events are written after the final status.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let page = metrics(&env);
+        let page = metrics(env.cluster);
         let (bytes1, writes1) =
             (by_resource(&page, "apiserver_request_body_size_bytes_sum"), by_resource(&page, "apiserver_request_body_size_bytes_count"));
         let mut rows = Vec::new();
