@@ -139,12 +139,17 @@ fn metadata_schema() -> utoipa::openapi::Object {
 #[serde(untagged)]
 pub enum TextItem {
     Text(Text),
-    Item {
-        text: Text,
-        #[serde(default)]
-        #[schema(min_length = 1, max_length = 256)]
-        custom_id: Option<String>,
-    },
+    Item(Item),
+}
+
+/// A text with the caller's id, echoed in its result.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    text: Text,
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
+    custom_id: Option<String>,
 }
 
 /// The body of `POST /api/v1/predict`.
@@ -240,7 +245,7 @@ impl Submission {
         for item in items {
             let (text, id) = match item {
                 TextItem::Text(Text(t)) => (t, None),
-                TextItem::Item { text: Text(text), custom_id } => (text, custom_id),
+                TextItem::Item(Item { text: Text(text), custom_id }) => (text, custom_id),
             };
             texts.push(text);
             ids.push(id);

@@ -577,18 +577,33 @@ async fn schemathesis_finds_nothing() {
     let scratch = std::env::temp_dir().join(format!("schemathesis-{}", s.ns.name));
     std::fs::create_dir_all(&scratch).unwrap();
     let config = repo_root().join("tests/schemathesis.toml");
-    let out = std::process::Command::new(venv_bin("st").unwrap())
-        .arg("--config-file")
-        .arg(&config)
-        .args(["run", &format!("{}/openapi.json", s.url), "--checks", "all", "--workers", "2", "--max-examples", "50"])
-        .args(["--header", &format!("Authorization: Bearer {key}"), "--exclude-path", "/api/v1/batch/ws/{job_id}"])
-        .current_dir(&scratch)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let run = || {
+        let out = std::process::Command::new(venv_bin("st").unwrap())
+            .arg("--config-file")
+            .arg(&config)
+            .args(["run", &format!("{}/openapi.json", s.url), "--checks", "all", "--workers", "2", "--max-examples", "50"])
+            .args(["--header", &format!("Authorization: Bearer {key}"), "--exclude-path", "/api/v1/batch/ws/{job_id}"])
+            .current_dir(&scratch)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    // CPython 3.11.7's AST recursion-depth check sometimes fails inside Hypothesis's own
+    // bookkeeping ("SystemError: AST constructor recursion depth mismatch", a tool
+    // "Runtime Error" that says nothing of the API; later CPython releases fixed it): such
+    // a run alone is repeated, twice at most. Any finding fails at once.
+    let tool_crash = |log: &str| !log.contains("= FAILURES =") && log.contains("AST constructor recursion depth mismatch");
+    let (mut ok, mut log) = run();
+    for _ in 0..2 {
+        if ok || !tool_crash(&log) {
+            break;
+        }
+        eprintln!("schemathesis crashed on CPython's parser; running it again");
+        (ok, log) = run();
+    }
     std::fs::remove_dir_all(&scratch).ok();
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "schemathesis found failures:\n{log}\nfacade log:\n{}", s.facade.output());
+    assert!(ok, "schemathesis found failures:\n{log}\nfacade log:\n{}", s.facade.output());
     // Every operation of the document but the WebSocket's was fuzzed.
     let doc: Value = reqwest::get(format!("{}/openapi.json", s.url)).await.unwrap().json().await.unwrap();
     let operations: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
