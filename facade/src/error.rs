@@ -31,6 +31,9 @@ pub enum ApiError {
     /// 413: more than the configured size.
     #[error("{message}")]
     TooLarge { field: Option<String>, message: String },
+    /// 415: an upload of a content type the route does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 422: a field holds a bad value.
     #[error("{message}")]
     Invalid { field: String, message: String },
@@ -63,6 +66,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NotWebSocket { status, .. } => (*status, "websocket_required"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
             ApiError::Busy { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -9,6 +9,7 @@
 //! - [`jobs`]: the job routes and the synchronous `/api/v1/predict`.
 //! - [`stream`]: WebSocket and Server-Sent Events, from a watch on one job.
 //! - [`download`]: a job's results as one JSONL file, streamed a part at a time.
+//! - [`files`]: uploads of texts, streamed into the object store.
 //! - [`auth`]: API keys → tenants (namespace and label), rate limits.
 //! - [`error`]: the one error type and its status map.
 //! - [`metrics`]: request count and latency by route template.
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod download;
 pub mod error;
+pub mod files;
 pub mod input;
 pub mod jobs;
 pub mod metrics;
@@ -60,6 +62,9 @@ pub struct Facade {
     pub max_page_size: usize,
     /// The S3 buckets an `input_url` may name.
     pub input_buckets: Vec<String>,
+    /// Where uploads go (each tenant under its own prefix); `None`: no uploads.
+    pub files_bucket: Option<String>,
+    pub max_upload_bytes: u64,
     /// `spec.output` of jobs submitted here; `None` keeps results in ConfigMaps.
     pub output: Option<String>,
     /// `spec.ttlSecondsAfterFinished` of jobs submitted here; `None` keeps them.
@@ -116,7 +121,7 @@ impl Jobs {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "KubeSentiment batch API", description = "Asynchronous batch sentiment analysis; every job is a SentimentBatch resource."),
-    paths(jobs::submit, jobs::status, jobs::results, jobs::list, jobs::cancel, jobs::queue, jobs::metrics, jobs::predict, stream::ws, stream::sse, download::download),
+    paths(jobs::submit, jobs::status, jobs::results, jobs::list, jobs::cancel, jobs::queue, jobs::metrics, jobs::predict, stream::ws, stream::sse, download::download, files::upload),
     modifiers(&Security),
     tags((name = "batch", description = "Batch jobs"), (name = "predict", description = "Synchronous prediction"))
 )]
@@ -176,6 +181,7 @@ pub fn router(facade: Arc<Facade>, gate: Arc<Gate>, max_body_bytes: usize) -> Ro
         .route("/api/v1/batch/ws/{job_id}", get(stream::ws))
         .route("/api/v1/batch/events/{job_id}", get(stream::sse))
         .route("/api/v1/predict", post(jobs::predict))
+        .route("/api/v1/files", post(files::upload).layer(DefaultBodyLimit::disable()))
         .layer(middleware::from_fn_with_state(gate, auth::gate))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(30)));

@@ -52,6 +52,13 @@ struct Cli {
     /// operator reads them with its own store settings (`AWS_*`). Empty: no S3 input.
     #[arg(long, env = "KUBESENTIMENT_INPUT_BUCKETS", value_delimiter = ',')]
     input_buckets: Vec<String>,
+    /// The S3 bucket uploads (`POST /api/v1/files`) go to, each tenant under its own
+    /// prefix, with the `AWS_*` settings; the operator must read it with its own. Unset: no uploads.
+    #[arg(long, env = "KUBESENTIMENT_FILES_BUCKET")]
+    files_bucket: Option<String>,
+    /// The largest upload, in bytes.
+    #[arg(long, env = "KUBESENTIMENT_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
+    max_upload_bytes: u64,
     /// `spec.output` of submitted jobs (`s3://…`, `file:///…`); unset: ConfigMaps.
     #[arg(long, env = "KUBESENTIMENT_OUTPUT")]
     output: Option<String>,
@@ -104,6 +111,8 @@ async fn main() -> anyhow::Result<()> {
         max_page_size: cli.max_page_size.max(1),
         output: cli.output,
         input_buckets: cli.input_buckets.into_iter().filter(|b| !b.is_empty()).collect(),
+        files_bucket: cli.files_bucket.filter(|b| !b.is_empty()),
+        max_upload_bytes: cli.max_upload_bytes,
         job_ttl_seconds: (cli.job_ttl_seconds > 0).then(|| cli.job_ttl_seconds.min(i32::MAX as u32) as i32),
         stores: ObjectStores::from_env(),
         endpoints: endpoints.urls.clone(),

@@ -546,24 +546,42 @@ async fn a_facade_killed_mid_job_loses_nothing() {
 /// The Python client's pytest suite, against a real facade.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_client() {
-    let Some(s) = Stack::start("rest-python", true, &[], &[("KUBESENTIMENT_API_KEYS", "py-client-key-1")]).await else { return };
+    // Uploads go to S3, and so do results, which the 100,000-text file job would
+    // otherwise write to etcd beside every other test's.
+    let s3 = S3::start().await.unwrap();
+    s3.put("ks-files", "").await.unwrap();
+    let s3_env = s3.env();
+    let env: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = ["--files-bucket", "ks-files", "--output", "s3://ks-files/results"];
+    let Some(mut s) =
+        Stack::start("rest-python", false, &args, &[env.clone(), vec![("KUBESENTIMENT_API_KEYS", "py-client-key-1")]].concat()).await
+    else {
+        return;
+    };
+    s.operator = Some(operator(s.cluster, &s.ns.name, &[], &env).unwrap());
+    // A second facade over the same jobs, allowing 60 requests a minute, for the retry test.
+    let limited = [("KUBESENTIMENT_API_KEYS", "py-client-key-1"), ("KUBESENTIMENT_RATE_LIMIT_PER_MINUTE", "60")];
+    let (_limited, limited_url) = facade(s.cluster, &s.ns.name, &[], &limited).await.unwrap();
     let python = venv_bin("python").unwrap();
     let client = repo_root().join("clients/python");
     let out = std::process::Command::new(python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations", "5", "tests"])
         .current_dir(&client)
         .env("PYTHONPATH", client.join("src"))
         .env("KUBESENTIMENT_API", &s.url)
         .env("KUBESENTIMENT_API_KEY", "py-client-key-1")
+        .env("KUBESENTIMENT_API_LIMITED", &limited_url)
+        .env("KUBESENTIMENT_FILES", "1")
         .output()
         .unwrap();
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "pytest failed:\n{log}\nfacade log:\n{}", s.facade.output());
-    assert!(log.contains(" passed"), "{log}");
+    assert!(log.contains(" passed") && !log.contains("skipped"), "{log}");
+    println!("{log}");
 }
 
 /// Schemathesis with every check, from the served OpenAPI document, against a facade with
-/// API keys, an inference server and an operator: no 5xx, every answer's status, headers
+/// API keys, an inference server, an operator and an S3 bucket for uploads: no 5xx, every answer's status, headers
 /// and body as documented, every request the document allows accepted and every one it
 /// forbids refused. The WebSocket route is left out: schemathesis speaks request and
 /// response, and takes the 101 of a successful upgrade for a failure
@@ -571,8 +589,13 @@ async fn python_client() {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_nothing() {
     let key = "fuzz-key-0001";
-    let env = [("KUBESENTIMENT_API_KEYS", key), ("KUBESENTIMENT_RATE_LIMIT_PER_MINUTE", "1000000")];
-    let Some(s) = Stack::start("rest-fuzz", true, &[], &env).await else { return };
+    // Uploads land in a real S3 server.
+    let s3 = S3::start().await.unwrap();
+    s3.put("ks-fuzz", "").await.unwrap();
+    let s3_env = s3.env();
+    let mut env: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend([("KUBESENTIMENT_API_KEYS", key), ("KUBESENTIMENT_RATE_LIMIT_PER_MINUTE", "1000000")]);
+    let Some(s) = Stack::start("rest-fuzz", true, &["--files-bucket", "ks-fuzz"], &env).await else { return };
     // Its example database goes to a scratch directory, not the clone.
     let scratch = std::env::temp_dir().join(format!("schemathesis-{}", s.ns.name));
     std::fs::create_dir_all(&scratch).unwrap();
@@ -615,12 +638,29 @@ async fn schemathesis_finds_nothing() {
 /// may not read is a 403 naming `input_url`, before any job exists.
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_read_their_texts_from_input_urls() {
-    let Some(mut s) = Stack::start("rest-input", false, &["--input-buckets", "ks-input,ks-other"], &[]).await else { return };
     let s3 = S3::start().await.unwrap();
     let s3_env = s3.env();
     let env: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = ["--input-buckets", "ks-input,ks-other", "--files-bucket", "ks-files", "--max-upload-bytes", "100000"];
+    let Some(mut s) = Stack::start("rest-input", false, &args, &env).await else { return };
     s.operator = Some(operator(s.cluster, &s.ns.name, &[], &env).unwrap());
     let rest = Rest::new(&s.url, None);
+    s3.put("ks-files", "").await.unwrap();
+
+    // An upload: streamed into the files bucket under the caller's prefix; a job reads it.
+    let http = reqwest::Client::new();
+    let upload =
+        |body: String, kind: &'static str| http.post(format!("{}/api/v1/files", s.url)).header("content-type", kind).body(body).send();
+    let lines: String = texts(4).iter().enumerate().map(|(i, t)| json!({"text": t, "id": format!("up-{i}")}).to_string() + "\n").collect();
+    let file: Value = upload(lines.clone(), "application/x-ndjson").await.unwrap().json().await.unwrap();
+    assert_eq!(file["bytes"].as_u64(), Some(lines.len() as u64), "{file}");
+    let input_url = file["input_url"].as_str().unwrap();
+    assert!(input_url.starts_with(&format!("s3://ks-files/files/ns-{}/", s.ns.name)), "{file}");
+    let from_file = rest.submit(json!({"input_url": input_url})).await.unwrap();
+    for (body, kind, status) in [(lines.clone(), "application/json", 415), ("x".repeat(100_001), "text/plain", 413)] {
+        let a = upload(body, kind).await.unwrap();
+        assert_eq!(a.status().as_u16(), status, "{kind}");
+    }
 
     // 3,000 lines in S3: more than a request may carry inline.
     let n = 3000;
@@ -636,19 +676,23 @@ async fn jobs_read_their_texts_from_input_urls() {
     assert!(applied.wait().unwrap().success());
     let from_cm = rest.submit(json!({"input_url": format!("configmap://{}/reviews/texts.jsonl", s.ns.name)})).await.unwrap();
 
-    for (id, total) in [(&from_s3, n), (&from_cm, 5)] {
+    for (id, total) in [(&from_s3, n), (&from_cm, 5), (&from_file, 4)] {
         let done = rest.finished(id).await.unwrap();
         assert_eq!((done["status"].as_str(), done["processed_texts"].as_u64()), (Some("completed"), Some(total as u64)), "{done}");
     }
     let results = rest.all_results(&from_cm, 10).await.unwrap();
     assert_eq!(results.iter().map(|r| r["custom_id"].as_str().unwrap()).collect::<Vec<_>>(), ["cm-0", "cm-1", "cm-2", "cm-3", "cm-4"]);
     assert_eq!(rest.all_results(&from_s3, 1000).await.unwrap().len(), n);
+    let uploaded = rest.all_results(&from_file, 10).await.unwrap();
+    assert_eq!(uploaded.iter().map(|r| r["custom_id"].as_str().unwrap()).collect::<Vec<_>>(), ["up-0", "up-1", "up-2", "up-3"]);
 
     let ns = s.ns.name.clone();
     for (body, status, field, why) in [
         (json!({"input_url": "configmap://kube-system/reviews/texts.jsonl"}), 403, "input_url", "your namespace"),
         (json!({"input_url": format!("configmap://{ns}/missing/texts.jsonl")}), 403, "input_url", "no ConfigMap missing"),
         (json!({"input_url": "s3://ks-elsewhere/reviews.txt"}), 403, "input_url", "not one this server reads"),
+        (json!({"input_url": "s3://ks-files/files/ns-another/x.jsonl"}), 403, "input_url", "no file files/ns-another/x.jsonl of yours"),
+        (json!({"input_url": format!("s3://ks-files/files/ns-{ns}/../ns-another/x.jsonl")}), 403, "input_url", "of yours"),
         (json!({"input_url": "http://example.com/reviews.txt"}), 422, "input_url", "unknown scheme"),
         (json!({"input_url": "s3://ks-input/"}), 422, "input_url", "the key is empty"),
         (json!({"input_url": "s3://ks-input/reviews.txt", "texts": ["a"]}), 422, "input_url", "not both"),

@@ -1,16 +1,21 @@
 """The client against a real facade: KUBESENTIMENT_API (and KUBESENTIMENT_API_KEY) name it.
 The Rust test `python_client` in tests/tests/facade.rs starts one and runs this suite."""
 
+import asyncio
 import json
 import os
 import time
 
 import pytest
 
-from kubesentiment_client import ApiError, Client
+from kubesentiment_client import ApiError, AsyncClient, Client
 
 URL = os.environ.get("KUBESENTIMENT_API")
 KEY = os.environ.get("KUBESENTIMENT_API_KEY")
+# A facade with a rate limit of 60 requests a minute, for the retry test.
+LIMITED = os.environ.get("KUBESENTIMENT_API_LIMITED")
+# Set when the facade takes uploads.
+FILES = os.environ.get("KUBESENTIMENT_FILES")
 pytestmark = pytest.mark.skipif(not URL, reason="KUBESENTIMENT_API is not set")
 
 TEXTS = ["I love this product! It is amazing.", "This is terrible and disappointing.", "It is okay, nothing special."]
@@ -123,3 +128,80 @@ def test_errors_name_the_field(client):
         with Client(URL, api_key="not-a-valid-key") as bad, pytest.raises(ApiError) as e:
             bad.queue_status()
         assert e.value.status == 401
+
+
+def test_the_async_client():
+    async def run():
+        async with AsyncClient(URL, api_key=KEY) as c:
+            job = await c.submit(TEXTS, priority="high")
+            final = await c.wait(job["job_id"], timeout=120)
+            assert final["status"] == "completed" and final["processed_texts"] == 3
+            labels = [r["label"] async for r in c.results(job["job_id"], page_size=2)]
+            assert labels[:2] == ["POSITIVE", "NEGATIVE"] and len(labels) == 3
+            assert [j["job_id"] async for j in c.list(page_size=100)].count(job["job_id"]) == 1
+            assert [r["label"] for r in await c.predict_batch(TEXTS[:2])] == ["POSITIVE", "NEGATIVE"]
+            with pytest.raises(ApiError) as e:
+                await c.status("no-such-job")
+            assert e.value.status == 404
+
+    asyncio.run(run())
+
+
+def test_wait_keeps_its_timeout_on_the_websocket():
+    # 1,000 distinct low-priority texts: not done in a quarter of a second.
+    job = None
+    with Client(URL, api_key=KEY) as c:
+        job = c.submit([f"{TEXTS[i % 3]} (slow {i})" for i in range(1000)], priority="low")
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            c.wait(job["job_id"], timeout=0.25)
+        assert time.monotonic() - began < 5
+        c.cancel(job["job_id"])
+
+
+@pytest.mark.skipif(not LIMITED, reason="KUBESENTIMENT_API_LIMITED is not set")
+def test_a_429_is_retried_after_its_retry_after():
+    with Client(LIMITED, api_key=KEY, max_retries=0) as c:
+        with pytest.raises(ApiError) as e:
+            for _ in range(200):
+                c.queue_status()
+        assert e.value.status == 429 and e.value.retry_after is not None and e.value.retry_after >= 1
+    with Client(LIMITED, api_key=KEY, max_retries=5) as c:
+        began = time.monotonic()
+        for _ in range(3):
+            c.queue_status()
+        # Over the limit, each call waited for the quota, as Retry-After said, and succeeded.
+        assert time.monotonic() - began >= 1.0
+
+
+@pytest.mark.skipif(not FILES, reason="KUBESENTIMENT_FILES is not set")
+def test_a_hundred_thousand_text_file_job_downloads_in_order(client, tmp_path):
+    n = 100_000
+    source = tmp_path / "texts.jsonl"
+    with open(source, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"text": f"{TEXTS[i % 3]} (line {i})", "id": f"line-{i}"}) + "\n")
+    job = client.submit_file(str(source), priority="high")
+    final = client.wait(job["job_id"], timeout=900)
+    assert final["status"] == "completed" and final["processed_texts"] == n, final
+    results = tmp_path / "results.jsonl"
+    assert client.download(job["job_id"], str(results)) == n
+    with open(results) as f:
+        for i, line in enumerate(f):
+            r = json.loads(line)
+            assert (r["index"], r["custom_id"]) == (i, f"line-{i}") and r["label"] in ("POSITIVE", "NEGATIVE", "NEUTRAL"), r
+
+
+@pytest.mark.skipif(not FILES, reason="KUBESENTIMENT_FILES is not set")
+def test_the_async_client_submits_a_file(tmp_path):
+    source = tmp_path / "few.txt"
+    source.write_text("\n".join(TEXTS) + "\n")
+
+    async def run():
+        async with AsyncClient(URL, api_key=KEY) as c:
+            job = await c.submit_file(str(source))
+            assert (await c.wait(job["job_id"], timeout=120))["processed_texts"] == 3
+            out = tmp_path / "out.jsonl"
+            assert await c.download(job["job_id"], str(out)) == 3
+
+    asyncio.run(run())

@@ -1,4 +1,4 @@
-"""Client of the KubeSentiment batch sentiment REST API.
+"""Client of the KubeSentiment batch sentiment REST API, sync and asyncio.
 
     from kubesentiment_client import Client
 
@@ -7,8 +7,13 @@
     client.wait(job["job_id"], progress=True)
     for result in client.results(job["job_id"]):
         print(result["index"], result["label"], result["score"])
+
+`AsyncClient` has the same methods, awaited. Documents are typed (`JobStatus`,
+`BatchJob`, `ResultItem`, `ResultsPage`: TypedDicts, so they stay plain dicts).
 """
 
-from .client import ApiError, Client
+from ._common import ApiError, BatchJob, FileObject, JobFailed, JobStatus, ResultItem, ResultsPage
+from .aio import AsyncClient
+from .client import Client
 
-__all__ = ["ApiError", "Client"]
+__all__ = ["ApiError", "AsyncClient", "BatchJob", "Client", "FileObject", "JobFailed", "JobStatus", "ResultItem", "ResultsPage"]
