@@ -402,11 +402,10 @@ impl Store {
         };
         futures_util::stream::try_unfold(merge, |mut m| async move {
             // The manifest is read when the parts are, so that none finished in between.
-            let shards = match m.shards.take() {
+            let mut shards = match m.shards.take() {
                 Some(s) => s,
                 None => 0..m.store.failure_shards().await?,
             };
-            let mut shards = shards;
             loop {
                 if m.part.is_empty()
                     && let Some(name) = m.parts.pop_front()

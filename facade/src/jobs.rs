@@ -76,12 +76,13 @@ impl Facade {
                 Ok(TextSource { config_map_key_ref: Some(ConfigMapKeyRef { name: name.clone(), key: key.clone() }), s3: None })
             }
             InputUrl::S3 { bucket, key } => {
-                // The files bucket: the tenant's own uploads only (no deeper path, no `..`).
-                let own = key.strip_prefix(&crate::files::prefix(tenant)).is_some_and(|name| !name.is_empty() && !name.contains('/'));
-                if self.files_bucket.as_ref() == Some(bucket) && !own {
-                    return Err(refuse(format!("no file {key} of yours in {bucket}")));
-                }
-                if !self.input_buckets.contains(bucket) && self.files_bucket.as_ref() != Some(bucket) {
+                if self.files_bucket.as_ref() == Some(bucket) {
+                    // The tenant's own uploads only (no deeper path, no `..`).
+                    let own = key.strip_prefix(&crate::files::prefix(tenant)).is_some_and(|name| !name.is_empty() && !name.contains('/'));
+                    if !own {
+                        return Err(refuse(format!("no file {key} of yours in {bucket}")));
+                    }
+                } else if !self.input_buckets.contains(bucket) {
                     return Err(refuse(format!("bucket {bucket} is not one this server reads input from")));
                 }
                 let s3 = S3Source { bucket: bucket.clone(), key: key.clone(), endpoint: None, region: None, credentials_secret_ref: None };
