@@ -191,7 +191,8 @@ YAML
   local operator_port api_port
   operator_port=$(free_port)
   supervise operator "$target/release/kubesentiment-operator" --config "$repo/configs/async_batch.yaml" \
-    --inference-service "$namespace/inference-server" --lease-namespace "$namespace" --host 127.0.0.1 --port "$operator_port"
+    --inference-service "$namespace/inference-server" --lease-namespace "$namespace" --host 127.0.0.1 --port "$operator_port" \
+    --callback-allow "public,127.0.0.0/8,::1/128"
   # The REST facade; KUBESENTIMENT_API_KEYS and KUBESENTIMENT_RATE_LIMIT_PER_MINUTE, when
   # set, reach it through the environment. Unkeyed jobs go to the default namespace.
   api_port=${KUBESENTIMENT_API_PORT:-$(free_port)}

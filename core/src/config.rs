@@ -221,7 +221,14 @@ impl AsyncBatch {
 #[derive(Clone, Default)]
 pub struct ObjectStores {
     s3: Vec<(AmazonS3ConfigKey, String)>,
+    /// Endpoints besides `AWS_ENDPOINT` that may receive the operator's own credentials
+    /// ([`AMBIENT_ENDPOINTS_VAR`]).
+    ambient: Vec<String>,
 }
+
+/// The variable listing, comma-separated, further S3 endpoints that a source without its
+/// own `credentialsSecretRef` may name: each gets the operator's own credentials.
+pub const AMBIENT_ENDPOINTS_VAR: &str = "KUBESENTIMENT_AMBIENT_S3_ENDPOINTS";
 
 impl ObjectStores {
     /// Every `AWS_*` variable `object_store` has a key for, as `AmazonS3Builder::from_env`
@@ -231,12 +238,15 @@ impl ObjectStores {
     }
 
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
-        let s3 = vars
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("AWS_"))
-            .filter_map(|(k, v)| Some((AmazonS3ConfigKey::from_str(&k.to_ascii_lowercase()).ok()?, v)))
-            .collect();
-        ObjectStores { s3 }
+        let mut stores = ObjectStores::default();
+        for (k, v) in vars {
+            if k == AMBIENT_ENDPOINTS_VAR {
+                stores.ambient = v.split(',').map(|e| e.trim().trim_end_matches('/').to_string()).filter(|e| !e.is_empty()).collect();
+            } else if let Some(key) = k.strip_prefix("AWS_").and_then(|_| AmazonS3ConfigKey::from_str(&k.to_ascii_lowercase()).ok()) {
+                stores.s3.push((key, v));
+            }
+        }
+        stores
     }
 
     /// A builder holding these settings; the caller adds the bucket or URL.
@@ -248,11 +258,21 @@ impl ObjectStores {
     pub fn endpoint(&self) -> Option<&str> {
         self.s3.iter().find(|(k, _)| *k == AmazonS3ConfigKey::Endpoint).map(|(_, v)| v.as_str())
     }
+
+    /// Whether a source naming `endpoint` may use the operator's own credentials: it is
+    /// `AWS_ENDPOINT` or listed in [`AMBIENT_ENDPOINTS_VAR`] (a trailing `/` aside).
+    pub fn lends_credentials_to(&self, endpoint: &str) -> bool {
+        let endpoint = endpoint.trim_end_matches('/');
+        self.endpoint().is_some_and(|own| own.trim_end_matches('/') == endpoint) || self.ambient.iter().any(|e| e == endpoint)
+    }
 }
 
 impl std::fmt::Debug for ObjectStores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.s3.iter().map(|(k, _)| k.as_ref())).finish()
+        f.debug_struct("ObjectStores")
+            .field("keys", &self.s3.iter().map(|(k, _)| k.as_ref()).collect::<Vec<_>>())
+            .field("ambient", &self.ambient)
+            .finish()
     }
 }
 
@@ -345,6 +365,17 @@ mod tests {
     }
 
     #[test]
+    fn credentials_go_only_to_listed_endpoints() {
+        let stores =
+            ObjectStores::from_vars([(AMBIENT_ENDPOINTS_VAR.to_string(), " https://s3.corp.example/, http://minio:9000 ,".to_string())]);
+        assert!(stores.lends_credentials_to("https://s3.corp.example"));
+        assert!(stores.lends_credentials_to("http://minio:9000/"));
+        assert!(!stores.lends_credentials_to("http://minio:9000.evil.example"));
+        assert!(!stores.lends_credentials_to("https://s3.corp.example.evil"));
+        assert!(!ObjectStores::default().lends_credentials_to("http://169.254.169.254"));
+    }
+
+    #[test]
     fn object_store_settings_come_from_aws_variables_and_stay_secret() {
         let stores = ObjectStores::from_vars([
             ("AWS_ENDPOINT".to_string(), "http://127.0.0.1:9000".to_string()),
@@ -355,6 +386,8 @@ mod tests {
         ]);
         assert_eq!(stores.s3.len(), 3);
         assert!(!format!("{stores:?}").contains("hunter2"));
+        assert!(stores.lends_credentials_to("http://127.0.0.1:9000/"));
+        assert!(!stores.lends_credentials_to("http://127.0.0.1:9001"));
         let built = stores.s3().with_bucket_name("b").with_allow_http(true).build().unwrap();
         assert!(format!("{built}").contains("b"));
     }

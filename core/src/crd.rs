@@ -85,6 +85,38 @@ pub struct SentimentBatchSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
+    /// Whom to tell when the batch reaches a final phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+}
+
+/// A completion callback: when the batch reaches a final phase the operator POSTs a
+/// CloudEvent (structured JSON) to `url`, signed as Standard Webhooks sign
+/// (`webhook-id`, `webhook-timestamp`, `webhook-signature`), at least once, with bounded
+/// retries. `status.notification` says how delivery went.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Notify {
+    /// `https://…` or `http://…`; the operator's allow-list of hosts and CIDRs decides
+    /// whether it may be reached (private and loopback addresses only where allowed).
+    #[schemars(length(min = 1, max = MAX_URL_CHARS))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("notify.url must start with https:// or http://"))]
+    pub url: String,
+    /// A key of a Secret in the batch's namespace: the HMAC-SHA256 key the callback is
+    /// signed with (its bytes as stored). Unset: the callback is not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Longest callback URL.
+pub const MAX_URL_CHARS: usize = 2048;
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// The rule on the whole object: once a batch has a phase other than Pending, every spec
@@ -138,7 +170,8 @@ pub struct S3Source {
     pub region: Option<String>,
     /// A Secret in the batch's namespace with `accessKeyId` and `secretAccessKey`
     /// (and optionally `sessionToken`). Unset: the operator's own credentials, which go
-    /// only to AWS or to the operator's own endpoint (`AWS_ENDPOINT`).
+    /// only to AWS, to the operator's own endpoint (`AWS_ENDPOINT`) and to the endpoints
+    /// it lists in `KUBESENTIMENT_AMBIENT_S3_ENDPOINTS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 }
@@ -239,9 +272,40 @@ pub struct SentimentBatchStatus {
     pub summary: Option<Summary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures: Option<Failures>,
+    /// How the completion callback (`spec.notify`) went, once the batch is final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<Notification>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A completion callback's delivery.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub state: NotificationState,
+    /// The CloudEvent's `id` (and `webhook-id`): the same on every attempt, so a receiver
+    /// can drop repeats.
+    pub event_id: String,
+    pub attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<Time>,
+    /// The last attempt's outcome in a few words: `HTTP 204 No Content`, `could not
+    /// connect`, `refused: …`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+}
+
+/// `Pending` while attempts remain; `Delivered` once a 2xx came back; `Failed` once the
+/// attempts are spent or the destination is refused.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NotificationState {
+    #[default]
+    Pending,
+    Delivered,
+    Failed,
 }
 
 /// A batch's source as admitted.

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 
-use crate::crd::{ConfigMapKeyRef, MAX_INLINE_TEXTS, Priority, SentimentBatch, SentimentBatchSpec, TextSource};
+use crate::crd::{ConfigMapKeyRef, MAX_INLINE_TEXTS, Notify, Priority, SentimentBatch, SentimentBatchSpec, TextSource};
 use crate::names::{JOB_LABEL, METADATA_PREFIX, SUBMITTED_BY};
 
 /// Inline texts up to this many bytes stay in the resource; larger inputs go to a ConfigMap.
@@ -34,6 +34,8 @@ pub struct NewJob {
     /// Where the texts are instead, when `texts` is empty: a ConfigMap or an S3 object
     /// the operator reads.
     pub source: Option<TextSource>,
+    /// The completion callback, if the caller asked for one.
+    pub notify: Option<Notify>,
 }
 
 impl NewJob {
@@ -48,6 +50,7 @@ impl NewJob {
             metadata: BTreeMap::new(),
             name: None,
             source: None,
+            notify: None,
         }
     }
 }
@@ -90,6 +93,7 @@ pub async fn create(client: &Client, origin: &Origin, job: NewJob) -> Result<Sen
         cancel: false,
         suspend: false,
         ttl_seconds_after_finished: origin.ttl_seconds_after_finished,
+        notify: job.notify,
     };
     let input = if job.source.is_some() {
         spec.source = job.source;

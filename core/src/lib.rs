@@ -9,6 +9,7 @@
 //! - [`store`]: where results go (result parts, manifest, failures) and how they are read.
 //! - [`jobs`]: creating a job as a resource, as the facade and the bench do.
 //! - [`rest`]: the REST API's documents, read off a resource.
+//! - [`remote`]: a remote server's error, cut to what status and Events may say.
 //! - [`endpoints`]: inference endpoints from a Service's EndpointSlices.
 //! - [`config`]: the brief's `async_batch` settings, layered, and object-store settings.
 //! - [`cli`]: the startup and shutdown every binary shares.
@@ -22,6 +23,7 @@ pub mod crd;
 pub mod endpoints;
 pub mod jobs;
 pub mod names;
+pub mod remote;
 pub mod rest;
 pub mod status;
 pub mod store;

@@ -67,6 +67,24 @@ pub struct BatchJobStatus {
     /// The `metadata` given at submit; absent when none was.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The completion callback's delivery, when the job was submitted with a
+    /// `callback_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackStatus>,
+}
+
+/// How a completion callback went: `pending` until the job ends and while attempts
+/// remain, then `delivered` (a 2xx came back) or `failed`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackStatus {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^(pending|delivered|failed)$"))]
+    pub state: String,
+    pub attempts: i32,
+    /// The last attempt's outcome in a few words (`HTTP 204 No Content`, `could not
+    /// connect`, `refused: …`); null before the first.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub last_result: Option<String>,
 }
 
 /// `GET /api/v1/batch/jobs`: one page of the caller's jobs, newest first.
@@ -226,6 +244,10 @@ pub fn status_of(batch: &SentimentBatch) -> BatchJobStatus {
         priority: batch.spec.priority,
         error: status::ended_because(batch),
         metadata: batch.metadata.annotations.as_ref().map(crate::names::metadata_of).unwrap_or_default(),
+        callback: batch.spec.notify.as_ref().map(|_| {
+            let n = s.notification.clone().unwrap_or_default();
+            CallbackStatus { state: format!("{:?}", n.state).to_ascii_lowercase(), attempts: n.attempts, last_result: n.last_result }
+        }),
     }
 }
 

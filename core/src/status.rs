@@ -207,6 +207,8 @@ pub fn retry_requested(batch: &SentimentBatch, message: &str) -> SentimentBatchS
         reason: None,
         started_at: Some(Time(Timestamp::now())),
         completed_at: None,
+        // The next end is told afresh.
+        notification: None,
         conditions: vec![condition(batch, QUEUED, true, "RetryRequested", message)],
         ..old(batch)
     }

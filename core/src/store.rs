@@ -124,7 +124,8 @@ pub struct ManifestPart {
 pub enum StoreError {
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
-    #[error("object store: {0}")]
+    /// Its message is [`crate::remote::brief`]: it goes into status and Events.
+    #[error("object store: {}", crate::remote::brief(.0))]
     Object(#[from] object_store::Error),
     #[error("bad output {url:?}: {why}")]
     BadUrl { url: String, why: String },

@@ -28,6 +28,37 @@ pub struct Tenant {
     pub namespace: String,
     /// The value of [`TENANT_LABEL`] on its jobs; `None` sees the whole namespace.
     pub label: Option<String>,
+    /// What signs its jobs' completion callbacks; `None` (no API keys): unsigned.
+    pub signing: Option<Signing>,
+}
+
+/// A tenant's callback signing key and the Secret (in its namespace) that holds it for the
+/// operator: HMAC-SHA256(API key, [`SIGNING_CONTEXT`]), so a client that holds the API key
+/// can compute it, and the Secret reveals nothing of the key.
+#[derive(Clone, PartialEq)]
+pub struct Signing {
+    pub secret: String,
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for Signing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signing").field("secret", &self.secret).finish_non_exhaustive()
+    }
+}
+
+/// The message an API key signs to make its tenant's callback signing key.
+pub const SIGNING_CONTEXT: &[u8] = b"kubesentiment-callback-v1";
+/// The key, in each tenant's signing Secret, of the signing key.
+pub const SIGNING_SECRET_KEY: &str = "signing-key";
+
+impl Signing {
+    pub fn of(api_key: &str) -> Signing {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(api_key.as_bytes()).expect("HMAC takes a key of any length. This is a bug.");
+        mac.update(SIGNING_CONTEXT);
+        Signing { secret: format!("kubesentiment-callback-{}", key_id(api_key)), key: mac.finalize().into_bytes().into() }
+    }
 }
 
 impl Tenant {
@@ -84,14 +115,15 @@ impl Keys {
             if key.len() < 8 {
                 return Err("every API key must have at least 8 characters".into());
             }
+            let signing = Some(Signing::of(key));
             let tenant = match ns {
-                Some(ns) if !ns.is_empty() => Tenant { namespace: ns.to_string(), label: None },
+                Some(ns) if !ns.is_empty() => Tenant { namespace: ns.to_string(), label: None, signing },
                 Some(_) => return Err("an API key's namespace is empty".into()),
-                None => Tenant { namespace: default_namespace.to_string(), label: Some(key_id(key)) },
+                None => Tenant { namespace: default_namespace.to_string(), label: Some(key_id(key)), signing },
             };
             by_digest.insert(digest(key), tenant);
         }
-        Ok(Keys { by_digest, anonymous: Tenant { namespace: default_namespace.to_string(), label: None } })
+        Ok(Keys { by_digest, anonymous: Tenant { namespace: default_namespace.to_string(), label: None, signing: None } })
     }
 
     pub fn enabled(&self) -> bool {
@@ -190,9 +222,10 @@ mod tests {
     fn keys_map_to_namespaces_or_labels() {
         let keys = Keys::parse("alpha-key-1, beta-key-22=team-b", "jobs").unwrap();
         let a = keys.tenant(&headers("authorization", "Bearer alpha-key-1")).unwrap();
-        assert_eq!(a, Tenant { namespace: "jobs".into(), label: Some(key_id("alpha-key-1")) });
+        let signing = |k: &str| Some(Signing::of(k));
+        assert_eq!(a, Tenant { namespace: "jobs".into(), label: Some(key_id("alpha-key-1")), signing: signing("alpha-key-1") });
         let b = keys.tenant(&headers("x-api-key", "beta-key-22")).unwrap();
-        assert_eq!(b, Tenant { namespace: "team-b".into(), label: None });
+        assert_eq!(b, Tenant { namespace: "team-b".into(), label: None, signing: signing("beta-key-22") });
         assert!(matches!(keys.tenant(&headers("x-api-key", "nope-nope-nope")), Err(ApiError::Unauthorized)));
         assert!(matches!(keys.tenant(&HeaderMap::new()), Err(ApiError::Unauthorized)));
         assert_eq!(keys.namespaces(), ["jobs", "team-b"]);
@@ -201,9 +234,20 @@ mod tests {
     }
 
     #[test]
+    fn signing_keys_are_an_hmac_of_the_api_key() {
+        let s = Signing::of("alpha-key-1");
+        assert_eq!(s.secret, format!("kubesentiment-callback-{}", key_id("alpha-key-1")));
+        // What the Python client computes: hmac.new(b"alpha-key-1", b"kubesentiment-callback-v1", "sha256").hexdigest().
+        let hex: String = s.key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "0bf367298c2ff541babdd579ae24f41620ffd6c5c84d37495bde017984fd1253");
+        assert_ne!(Signing::of("alpha-key-2").key, s.key);
+        assert_eq!(format!("{s:?}"), format!("Signing {{ secret: {:?}, .. }}", s.secret), "the key is never printed");
+    }
+
+    #[test]
     fn no_keys_means_one_anonymous_tenant() {
         let keys = Keys::parse("", "jobs").unwrap();
-        assert_eq!(keys.tenant(&HeaderMap::new()).unwrap(), Tenant { namespace: "jobs".into(), label: None });
+        assert_eq!(keys.tenant(&HeaderMap::new()).unwrap(), Tenant { namespace: "jobs".into(), label: None, signing: None });
         assert!(Keys::parse("short", "jobs").is_err());
     }
 

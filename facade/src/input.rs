@@ -70,6 +70,39 @@ pub struct BatchRequest {
     #[serde(default)]
     #[schema(schema_with = metadata_schema)]
     pub metadata: BTreeMap<String, String>,
+    /// Where to POST a CloudEvent when the job ends (`completed`, `failed`, `cancelled` or
+    /// `expired`), signed with your API key's signing key (Standard Webhooks headers),
+    /// delivered at least once. The server's allow-list decides which hosts it may reach;
+    /// `status.callback` says how delivery went.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, max_length = 2048, pattern = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?$")]
+    pub callback_url: Option<String>,
+}
+
+/// Whether `url` is a callback URL as the OpenAPI pattern states: `http(s)://`, a host of
+/// letters, digits, `.` and `-`, an optional port, then printable ASCII. Whether the host
+/// may be reached is the operator's allow-list's call, when the job ends.
+fn check_callback_url(url: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{why}: expected http(s)://HOST[:PORT][/PATH]"));
+    if url.len() > kubesentiment_core::crd::MAX_URL_CHARS {
+        return bad("longer than 2,048 bytes");
+    }
+    let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) else { return bad("not http or https") };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+        return bad("the host has characters other than letters, digits, '.' and '-'");
+    }
+    if port.is_some_and(|p| p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return bad("the port is not 1 to 5 digits");
+    }
+    if !tail.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("the path has spaces or characters outside printable ASCII");
+    }
+    Ok(())
 }
 
 /// A field that may be left out but not be `null`.
@@ -283,6 +316,10 @@ impl Submission {
                 return Err(ApiError::invalid(format!("metadata.{key}"), format!("a value has at most {MAX_METADATA_VALUE} characters")));
             }
         }
+        if let Some(url) = &req.callback_url {
+            check_callback_url(url).map_err(|why| ApiError::invalid("callback_url", why))?;
+        }
+        let notify = req.callback_url.map(|url| kubesentiment_core::crd::Notify { url, signing_secret_ref: None });
         Ok(Submission(
             NewJob {
                 ids: ids.iter().any(Option::is_some).then_some(ids),
@@ -294,6 +331,7 @@ impl Submission {
                 metadata: req.metadata,
                 name: None,
                 source: None,
+                notify,
             },
             input,
         ))
@@ -316,6 +354,33 @@ mod tests {
     use super::*;
 
     const LIMITS: Limits = Limits { max_texts: 5, max_text_length: 20, max_timeout_seconds: 3600 };
+
+    #[test]
+    fn callback_urls_are_checked_as_the_document_states() {
+        for ok in ["https://hooks.example.com/k/1?x=y#z", "http://127.0.0.1:8080", "http://localhost:1/"] {
+            assert_eq!(check_callback_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ftp://a/",
+            "https://",
+            "https://a b/",
+            "https://a:/",
+            "https://a:123456/",
+            "https://user@host/",
+            "https://h/ä",
+            "http://[::1]/",
+        ] {
+            assert!(check_callback_url(bad).is_err(), "{bad}");
+        }
+        let body = |url: &str| format!(r#"{{"texts": ["a"], "callback_url": {url}}}"#);
+        let sub = Submission::decode(body(r#""https://hooks.example.com/done""#).as_bytes(), &LIMITS).unwrap();
+        assert_eq!(sub.notify.as_ref().map(|n| n.url.as_str()), Some("https://hooks.example.com/done"));
+        match Submission::decode(body(r#""javascript:alert(1)""#).as_bytes(), &LIMITS) {
+            Err(ApiError::Invalid { field, .. }) => assert_eq!(field, "callback_url"),
+            other => panic!("{other:?}"),
+        }
+        assert!(Submission::decode(body("null").as_bytes(), &LIMITS).is_err());
+    }
 
     #[test]
     fn input_urls_parse_as_the_document_states() {

@@ -14,12 +14,16 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use inference_api::client::PredictError;
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PostParams;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use kubesentiment_core::admission;
-use kubesentiment_core::crd::{ConfigMapKeyRef, Phase, Priority, S3Source, SentimentBatch, TextSource};
+use kubesentiment_core::crd::{ConfigMapKeyRef, Phase, Priority, S3Source, SecretKeyRef, SentimentBatch, TextSource};
 use kubesentiment_core::jobs::{self, Origin};
 use kubesentiment_core::names::TENANT_LABEL;
 use kubesentiment_core::rest::{
@@ -31,7 +35,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::Facade;
-use crate::auth::Tenant;
+use crate::auth::{SIGNING_SECRET_KEY, Tenant};
 use crate::error::ApiError;
 use crate::input::{InputUrl, Submission};
 
@@ -89,6 +93,35 @@ impl Facade {
                 Ok(TextSource { config_map_key_ref: None, s3: Some(s3) })
             }
         }
+    }
+
+    /// The Secret holding `tenant`'s callback signing key, created in its namespace the
+    /// first time it asks for a callback (create only: the facade reads no Secret, and
+    /// every replica writes the same key, so an existing one is left as it is).
+    async fn signing_ref(&self, tenant: &Tenant) -> Result<Option<SecretKeyRef>, ApiError> {
+        let Some(signing) = &tenant.signing else { return Ok(None) };
+        let known = format!("{}/{}", tenant.namespace, signing.secret);
+        if !self.signing_secrets.lock().expect("the lock is never poisoned. This is a bug.").contains(&known) {
+            let labels = [("app.kubernetes.io/managed-by".to_string(), "kubesentiment-facade".to_string())]
+                .into_iter()
+                .chain(tenant.label.iter().map(|l| (TENANT_LABEL.to_string(), l.clone())));
+            let secret = Secret {
+                metadata: ObjectMeta { name: Some(signing.secret.clone()), labels: Some(labels.collect()), ..Default::default() },
+                data: Some([(SIGNING_SECRET_KEY.to_string(), ByteString(signing.key.to_vec()))].into()),
+                type_: Some("Opaque".into()),
+                ..Default::default()
+            };
+            match Api::<Secret>::namespaced(self.client.clone(), &tenant.namespace).create(&PostParams::default(), &secret).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => {
+                    tracing::error!(namespace = %tenant.namespace, error = %e, "creating a callback signing Secret");
+                    return Err(ApiError::Unavailable("callbacks are unavailable: the signing Secret could not be written".into()));
+                }
+            }
+            self.signing_secrets.lock().expect("the lock is never poisoned. This is a bug.").insert(known);
+        }
+        Ok(Some(SecretKeyRef { name: signing.secret.clone(), key: SIGNING_SECRET_KEY.into() }))
     }
 
     fn api(&self, tenant: &Tenant) -> Api<SentimentBatch> {
@@ -150,7 +183,8 @@ fn already_submitted(job: &SentimentBatch) -> Response {
         (status = 200, body = BatchJobResponse, description = "the job an earlier submit with the same Idempotency-Key created"),
         (status = 400, body = inference_api::ErrorBody), (status = 401, body = inference_api::ErrorBody),
         (status = 403, body = inference_api::ErrorBody, description = "an input_url this key may not read"),
-        (status = 413, body = inference_api::ErrorBody), (status = 422, body = inference_api::ErrorBody)),
+        (status = 413, body = inference_api::ErrorBody), (status = 422, body = inference_api::ErrorBody),
+        (status = 503, body = inference_api::ErrorBody, description = "the API server is unreachable, or a callback's signing Secret could not be written")),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn submit(
     State(f): State<Arc<Facade>>,
@@ -161,6 +195,9 @@ pub async fn submit(
     let mut sub = Submission::decode(&body(raw)?, &f.limits)?;
     if let Some(input) = &sub.1 {
         sub.0.source = Some(f.source(&tenant, input).await?);
+    }
+    if let Some(notify) = &mut sub.0.notify {
+        notify.signing_secret_ref = f.signing_ref(&tenant).await?;
     }
     if let Some(key) = headers.get("idempotency-key") {
         let key = key

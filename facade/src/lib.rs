@@ -80,6 +80,8 @@ pub struct Facade {
     pub metrics: HttpMetrics,
     /// The job cache and the endpoint list both hold their first full list.
     pub ready: AtomicBool,
+    /// The tenants' callback signing Secrets known to exist (`namespace/name`).
+    pub signing_secrets: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The watch caches of jobs, one per namespace the tenants use: a namespaced watch needs

@@ -121,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         last_tps: 0.into(),
         metrics: Default::default(),
         ready: false.into(),
+        signing_secrets: Default::default(),
     });
     let gate = Arc::new(Gate::new(
         keys,

@@ -23,7 +23,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use kubesentiment_core::backoff::Backoff;
 use kubesentiment_core::config::{AsyncBatch, ObjectStores};
-use kubesentiment_core::crd::{Phase, SentimentBatch, SentimentBatchStatus};
+use kubesentiment_core::crd::{Notification, NotificationState, Phase, SentimentBatch, SentimentBatchStatus};
 use kubesentiment_core::names::{FINALIZER, MANAGER, RETRY_FAILED, TENANT_LABEL, WEIGHT_ANNOTATION};
 use kubesentiment_core::status::{self, QUEUED, Tally};
 use kubesentiment_core::store::{self, ResultLine, Store, StoreError};
@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::autoscaler::Capacity;
 use crate::engine::{Engine, JobStart};
 use crate::metrics::Metrics;
+use crate::notify::{self, Outcome};
 use crate::scheduler::Tenant;
 use crate::source;
 
@@ -85,6 +86,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// What a batch waiting for pods is told about the scale-up.
     pub capacity: Capacity,
+    /// Where completion callbacks may go, and how many attempts each gets.
+    pub callbacks: notify::Policy,
     /// Consecutive failures per batch, for error backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Each namespace's fair-share weight, and when it was read.
@@ -104,6 +107,7 @@ impl Context {
             stores,
             metrics,
             capacity: Capacity::default(),
+            callbacks: notify::Policy::default(),
             failures: Mutex::default(),
             weights: Mutex::default(),
             progress_written: Mutex::default(),
@@ -179,6 +183,9 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
         if batch.annotations().contains_key(RETRY_FAILED) {
             retry_failed(batch, ctx, store.ok()).await?;
             return Ok(Action::await_change());
+        }
+        if let Some(wait) = tell(batch, ctx).await? {
+            return Ok(wait);
         }
         return delete_after_ttl(batch, ctx).await;
     }
@@ -262,6 +269,43 @@ async fn suspend(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error>
     }
     write_status(batch, ctx, status::suspended(batch, counts)).await?;
     Ok(Action::await_change())
+}
+
+/// Delivers a final batch's completion callback (`spec.notify`) if an attempt is due:
+/// `Some(requeue)` while attempts remain, `None` once it is delivered, failed for good, or
+/// not asked for. Each attempt is on record in `status.notification` (at least once: a
+/// crash before the record repeats the delivery, with the same event id).
+async fn tell(batch: &SentimentBatch, ctx: &Context) -> Result<Option<Action>, Error> {
+    let Some(spec) = &batch.spec.notify else { return Ok(None) };
+    let old = batch.status.clone().unwrap_or_default();
+    let mut n = old.notification.clone().unwrap_or_else(|| Notification { event_id: notify::event_id(batch), ..Default::default() });
+    if n.state != NotificationState::Pending {
+        return Ok(None);
+    }
+    let now = Timestamp::now();
+    let wait = notify::due_in(&n, now);
+    if !wait.is_zero() {
+        return Ok(Some(Action::requeue(wait)));
+    }
+    let outcome = notify::deliver(&ctx.client, batch, spec, &n.event_id, &ctx.callbacks.allow).await;
+    n.attempts += 1;
+    n.last_attempt_time = Some(Time(now));
+    let (state, label, said) = match outcome {
+        Outcome::Delivered(s) => (NotificationState::Delivered, "delivered", s),
+        Outcome::Refused(s) => (NotificationState::Failed, "refused", s),
+        Outcome::Failed(s) if n.attempts as u32 >= ctx.callbacks.max_attempts => (NotificationState::Failed, "failed", s),
+        Outcome::Failed(s) => (NotificationState::Pending, "retried", s),
+    };
+    ctx.metrics.callbacks.with_label_values(&[label]).inc();
+    n.state = state;
+    if state == NotificationState::Failed {
+        let note = format!("the completion callback was not delivered ({} attempts): {said}", n.attempts);
+        publish(ctx, batch, EventType::Warning, "CallbackFailed", &note).await;
+    }
+    n.last_result = Some(said);
+    let attempts = n.attempts;
+    write_status(batch, ctx, SentimentBatchStatus { notification: Some(n), ..old }).await?;
+    Ok((state == NotificationState::Pending).then(|| Action::requeue(notify::BACKOFF.delay(attempts as u32 - 1))))
 }
 
 /// Deletes a finished batch once its `ttlSecondsAfterFinished` (or the configured

@@ -10,6 +10,7 @@
 //! - [`fence`]: the leader stops once it has not seen its lease renewed within its duration.
 //! - [`autoscaler`]: queue-aware scaling of the inference Deployment (pure decisions).
 //! - [`source`]: reading texts (inline, ConfigMap, S3).
+//! - [`notify`]: completion callbacks: the allow-list, the CloudEvent, its signature.
 //! - [`metrics`], [`http`]: Prometheus metrics and the health/metrics server.
 //!
 //! The resource, settings, results store and status live in `kubesentiment-core`.
@@ -19,5 +20,6 @@ pub mod engine;
 pub mod fence;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod scheduler;
 pub mod source;

@@ -23,6 +23,7 @@ use kubesentiment_operator::engine::{self, Engine, Wiring};
 use kubesentiment_operator::fence;
 use kubesentiment_operator::http::{self, Health};
 use kubesentiment_operator::metrics::Metrics;
+use kubesentiment_operator::notify;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,6 +55,15 @@ struct Cli {
     /// This replica's identity in the Lease (default: POD_NAME, else a random id).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Where completion callbacks (`spec.notify.url`) may go: `public` (any public
+    /// address), CIDRs (`10.0.0.0/8`), host names (`hooks.example.com`, `*.example.com`),
+    /// comma-separated. Private and loopback addresses only where a CIDR or name allows
+    /// them; empty: no callbacks.
+    #[arg(long, env = "KUBESENTIMENT_CALLBACK_ALLOW", default_value = "public", value_parser = clap::value_parser!(notify::Allow))]
+    callback_allow: notify::Allow,
+    /// Attempts at one callback before it is `Failed` (backoff from 1 s doubling to 5 min).
+    #[arg(long, env = "KUBESENTIMENT_CALLBACK_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    callback_max_attempts: u32,
     #[command(flatten)]
     autoscale: AutoscaleArgs,
 }
@@ -173,6 +183,7 @@ impl Operator {
         let client_for_fence = client.clone();
         let mut ctx = Context::new(client, engine, cfg, stores, metrics, identity.clone());
         ctx.capacity = capacity;
+        ctx.callbacks = notify::Policy { allow: cli.callback_allow.clone(), max_attempts: cli.callback_max_attempts };
         tasks.spawn(controller::run(Arc::new(ctx), batches, notify_rx, stop.clone()));
 
         // Leadership lost (another holder, or no renewal seen within the lease's duration):

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     pub reconcile_errors: IntCounterVec,
     pub status_writes: IntCounter,
+    pub callbacks: IntCounterVec,
     pub autoscaler_desired: IntGauge,
     pub autoscaler_current: IntGauge,
     pub autoscaler_decisions: IntCounterVec,
@@ -73,6 +74,10 @@ impl Metrics {
             in_flight: reg!(IntGaugeVec::new(
                 Opts::new("kubesentiment_chunks_in_flight", "Chunks awaiting an answer, per endpoint"),
                 &["endpoint"]
+            )),
+            callbacks: reg!(IntCounterVec::new(
+                Opts::new("kubesentiment_callback_attempts_total", "Completion callback attempts, by outcome"),
+                &["outcome"]
             )),
             reconcile_errors: reg!(IntCounterVec::new(
                 Opts::new("kubesentiment_reconcile_errors_total", "Failed reconciles, by error"),

@@ -221,7 +221,7 @@ struct S3Texts {
 impl S3Texts {
     /// Streams the object once: format, validation, count, fingerprint and window starts.
     async fn open(store: Arc<dyn ObjectStore>, path: Path, what: String) -> Result<(Arc<dyn TextSource>, SourceIdentity), SourceError> {
-        let unreadable = |e: &dyn std::fmt::Display| SourceError::Unreadable(format!("reading {what}: {e}"));
+        let unreadable = |e: &(dyn std::error::Error + 'static)| remote(&what, e);
         let got = store.get(&path).await.map_err(|e| unreadable(&e))?;
         let (etag, size) = (got.meta.e_tag.clone(), got.meta.size);
         let mut reader = tokio_util::io::StreamReader::new(got.into_stream().map_err(std::io::Error::other));
@@ -276,9 +276,9 @@ impl S3Texts {
         let opts = GetOptions { if_match: self.etag.clone(), range: Some(GetRange::Bounded(range)), ..Default::default() };
         let changed = || SourceError::Changed(format!("{what} changed after the batch was admitted"));
         let body = match self.store.get_opts(&self.path, opts).await {
-            Ok(got) => got.bytes().await.map_err(|e| SourceError::Unreadable(format!("reading {what}: {e}")))?,
+            Ok(got) => got.bytes().await.map_err(|e| remote(what, &e))?,
             Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => return Err(changed()),
-            Err(e) => return Err(SourceError::Unreadable(format!("reading {what}: {e}"))),
+            Err(e) => return Err(remote(what, &e)),
         };
         let text = std::str::from_utf8(&body).map_err(|_| changed())?;
         let items: Vec<Item> =
@@ -307,15 +307,24 @@ impl TextSource for S3Texts {
     }
 }
 
+/// A remote store's failure to read `what`, as status and Events may say it: the server's
+/// own words go to the log only.
+fn remote(what: &str, e: &(dyn std::error::Error + 'static)) -> SourceError {
+    tracing::warn!(%what, error = %e, "reading a source");
+    SourceError::Unreadable(format!("reading {what}: {}", kubesentiment_core::remote::brief(e)))
+}
+
 async fn s3_store(client: &Client, namespace: &str, s3: &S3Source, stores: &ObjectStores) -> Result<Arc<dyn ObjectStore>, SourceError> {
-    // The operator's own credentials go only to AWS or to its own endpoint: a source that
-    // names another endpoint brings credentials for it, so that a batch cannot send them
-    // to a server of its choosing.
+    // The operator's own credentials go only to AWS, its own endpoint and the endpoints it
+    // is configured to lend them to: a source that names another endpoint brings
+    // credentials for it, so that a batch cannot send them to a server of its choosing.
     if let Some(endpoint) = &s3.endpoint
         && s3.credentials_secret_ref.is_none()
-        && stores.endpoint() != Some(endpoint.as_str())
+        && !stores.lends_credentials_to(endpoint)
     {
-        let why = format!("source.s3: endpoint {endpoint} is not the operator's own, so source.s3.credentialsSecretRef is required");
+        let why = format!(
+            "source.s3: the operator lends its credentials only to its own endpoints, not {endpoint}; set source.s3.credentialsSecretRef"
+        );
         return Err(SourceError::Invalid(why));
     }
     let mut b = stores.s3().with_bucket_name(&s3.bucket);

@@ -190,11 +190,14 @@ pub fn install_crds(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// An operator watching only `ns`, with its own lease there.
+/// An operator watching only `ns`, with its own lease there; completion callbacks may go
+/// to loopback, as in the local stack.
 pub fn operator(cluster: &Cluster, ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Proc> {
     let mut cmd = Command::new(release_bin("kubesentiment-operator"));
     cmd.env("KUBECONFIG", &cluster.kubeconfig)
         .env_remove("ASYNC_BATCH_MAX_JOBS")
+        // As the local stack: callbacks may also go to this machine's loopback.
+        .env("KUBESENTIMENT_CALLBACK_ALLOW", "public,127.0.0.0/8,::1/128")
         .args(["--watch-namespace", ns, "--inference-service", &format!("{ns}/inference-server"), "--host", "127.0.0.1", "--port", "0"])
         .args(args);
     if !args.contains(&"--lease-duration-seconds") {

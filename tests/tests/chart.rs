@@ -246,6 +246,8 @@ async fn the_chart_lints_validates_and_installs() {
         ("facade", "delete", "sentimentbatches.kubesentiment.io", other, false),
         ("facade", "update", "configmaps", other, false),
         ("facade", "get", "secrets", other, false),
+        ("facade", "list", "secrets", other, false),
+        ("facade", "create", "secrets", other, true),
         ("facade", "patch", "sentimentbatches.kubesentiment.io/status", other, false),
         ("facade", "list", "sentimentbatches.kubesentiment.io", &ns.name, false),
         ("facade", "watch", "sentimentbatches.kubesentiment.io", &tenant_ns.name, true),

@@ -705,3 +705,152 @@ async fn jobs_read_their_texts_from_input_urls() {
     }
     check_against_openapi(&rest).await.unwrap();
 }
+
+/// What a callback receiver on port 0 got, per path: each request's headers and body.
+/// A path starting `flaky` answers 500 to its first request, every other request 204.
+#[derive(Clone, Default)]
+struct Hooks(std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>);
+
+/// One request a receiver got: its path, headers and body.
+type Delivery = (String, reqwest::header::HeaderMap, Vec<u8>);
+
+impl Hooks {
+    async fn serve() -> (String, Hooks) {
+        use axum::extract::{Path, State};
+        use axum::http::StatusCode;
+        let hooks = Hooks::default();
+        let record = |State(h): State<Hooks>, Path(path): Path<String>, headers: reqwest::header::HeaderMap, body: axum::body::Bytes| async move {
+            let mut got = h.0.lock().unwrap();
+            got.push((path.clone(), headers, body.to_vec()));
+            let first = got.iter().filter(|(p, ..)| *p == path).count() == 1;
+            if path.starts_with("flaky") && first { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::NO_CONTENT }
+        };
+        let app = axum::Router::new().route("/{*path}", axum::routing::post(record)).with_state(hooks.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, hooks)
+    }
+
+    fn on(&self, path: &str) -> Vec<(reqwest::header::HeaderMap, Vec<u8>)> {
+        self.0.lock().unwrap().iter().filter(|(p, ..)| p == path).map(|(_, h, b)| (h.clone(), b.clone())).collect()
+    }
+}
+
+/// Checks a delivery's Standard Webhooks signature with `key`; returns its CloudEvent.
+fn signed_event(key: &[u8], headers: &reqwest::header::HeaderMap, body: &[u8]) -> Value {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes());
+    mac.update(body);
+    let want = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+    assert_eq!(header("webhook-signature"), want, "the signature does not verify");
+    assert_eq!(header("content-type"), "application/cloudevents+json");
+    let event: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!((event["specversion"].as_str(), event["id"].as_str()), (Some("1.0"), Some(header("webhook-id").as_str())));
+    event
+}
+
+/// Completion callbacks: a REST job's is signed with its API key's signing key and
+/// retried after a 500 (the same event twice); a private address outside the operator's
+/// allow-list is refused at once, with an Event; a kubectl batch's `spec.notify` is signed
+/// with its own Secret, and a cancelled batch tells too.
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_are_signed_retried_and_refused() {
+    use hmac::{KeyInit, Mac};
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::PostParams;
+    let key = "hook-key-0001";
+    let Some(s) = Stack::start("rest-callbacks", true, &[], &[("KUBESENTIMENT_API_KEYS", key)]).await else { return };
+    let rest = Rest::new(&s.url, Some(key));
+    let (hooks_url, hooks) = Hooks::serve().await;
+
+    let a = rest.call(Method::POST, "/api/v1/batch/predict", Some(json!({"texts": ["x"], "callback_url": "ftp://h/"}))).await.unwrap();
+    assert_eq!((a.status, a.body["field"].as_str()), (422, Some("callback_url")), "{}", a.body);
+
+    // A REST job: a 500, then a 204; both attempts the same event, signed.
+    let id = rest.submit(json!({"texts": texts(3), "callback_url": format!("{hooks_url}/flaky/rest")})).await.unwrap();
+    let status = eventually(LONG, "the callback to be delivered", || {
+        let rest = &rest;
+        let id = &id;
+        async move {
+            let s = rest.status(id).await?;
+            Ok((s["callback"]["state"] == "delivered").then_some(s))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (status["callback"]["attempts"].as_i64(), status["callback"]["last_result"].as_str()),
+        (Some(2), Some("HTTP 204 No Content"))
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(b"kubesentiment-callback-v1");
+    let signing_key = mac.finalize().into_bytes();
+    let got = hooks.on("flaky/rest");
+    assert_eq!(got.len(), 2);
+    let events: Vec<Value> = got.iter().map(|(h, b)| signed_event(&signing_key, h, b)).collect();
+    assert_eq!(events[0]["id"], events[1]["id"], "a retry repeats the event");
+    let e = &events[1];
+    assert_eq!((e["type"].as_str(), e["subject"].as_str()), (Some("io.kubesentiment.batch.completed"), Some(id.as_str())));
+    assert_eq!(
+        (e["data"]["job_id"].as_str(), e["data"]["status"].as_str(), e["data"]["processed_texts"].as_i64()),
+        (Some(id.as_str()), Some("completed"), Some(3))
+    );
+    assert!(e["data"].get("callback").is_none(), "{e}");
+    // The signing key's Secret, in the tenant's namespace; the facade wrote it once.
+    let secrets = s.ns.api::<Secret>().list(&Default::default()).await.unwrap();
+    let signing: Vec<_> =
+        secrets.items.iter().filter(|x| x.metadata.name.as_deref().is_some_and(|n| n.starts_with("kubesentiment-callback-"))).collect();
+    assert_eq!(signing.len(), 1);
+    assert_eq!(signing[0].data.as_ref().unwrap()["signing-key"].0, signing_key.to_vec());
+
+    // A private address the operator does not allow: refused, not retried, and said in an Event.
+    let refused = rest.submit(json!({"texts": ["x"], "callback_url": "http://10.255.255.1:9/hook"})).await.unwrap();
+    let status = eventually(LONG, "the callback to fail", || {
+        let rest = &rest;
+        let id = &refused;
+        async move {
+            let s = rest.status(id).await?;
+            Ok((s["callback"]["state"] == "failed").then_some(s))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status["callback"]["attempts"], 1);
+    let said = status["callback"]["last_result"].as_str().unwrap();
+    assert!(said.starts_with("refused: 10.255.255.1"), "{said}");
+    let events = s.ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
+    assert!(
+        events.items.iter().any(|e| e.reason.as_deref() == Some("CallbackFailed")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(refused.as_str())),
+        "no CallbackFailed Event"
+    );
+
+    // kubectl: spec.notify with the batch's own Secret; a cancelled batch tells too.
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "hook"}, "stringData": {"k": "s3cret"}})).unwrap();
+    s.ns.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    let batch: kubesentiment_core::crd::SentimentBatch = serde_json::from_value(json!({
+        "apiVersion": "kubesentiment.io/v1alpha1", "kind": "SentimentBatch", "metadata": {"name": "told"},
+        "spec": {"texts": ["a", "b"], "cancel": true,
+                 "notify": {"url": format!("{hooks_url}/crd"), "signingSecretRef": {"name": "hook", "key": "k"}}}}))
+    .unwrap();
+    let batches = s.ns.api::<kubesentiment_core::crd::SentimentBatch>();
+    batches.create(&PostParams::default(), &batch).await.unwrap();
+    let told = eventually(LONG, "the kubectl batch's callback", || {
+        let batches = &batches;
+        async move {
+            let b = batches.get("told").await?;
+            let n = b.status.as_ref().and_then(|s| s.notification.clone());
+            Ok(n.filter(|n| n.state == kubesentiment_core::crd::NotificationState::Delivered))
+        }
+    })
+    .await
+    .unwrap();
+    let got = hooks.on("crd");
+    assert_eq!(got.len(), 1);
+    let e = signed_event(b"s3cret", &got[0].0, &got[0].1);
+    assert_eq!((e["type"].as_str(), e["id"].as_str()), (Some("io.kubesentiment.batch.cancelled"), Some(told.event_id.as_str())));
+}

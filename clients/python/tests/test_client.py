@@ -2,13 +2,15 @@
 The Rust test `python_client` in tests/tests/facade.rs starts one and runs this suite."""
 
 import asyncio
+import http.server
 import json
 import os
+import threading
 import time
 
 import pytest
 
-from kubesentiment_client import ApiError, AsyncClient, Client
+from kubesentiment_client import ApiError, AsyncClient, Client, InvalidCallback, verify_callback
 
 URL = os.environ.get("KUBESENTIMENT_API")
 KEY = os.environ.get("KUBESENTIMENT_API_KEY")
@@ -205,3 +207,43 @@ def test_the_async_client_submits_a_file(tmp_path):
             assert await c.download(job["job_id"], str(out)) == 3
 
     asyncio.run(run())
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    got: list = []
+
+    def do_POST(self):  # noqa: N802 (the stdlib's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).got.append((dict(self.headers.items()), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_callback_arrives_signed_with_the_api_keys_signing_key(client):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/done"
+        job = client.submit(TEXTS, callback_url=url)
+        deadline = time.monotonic() + 60
+        while client.status(job["job_id"]).get("callback", {}).get("state") != "delivered":
+            assert time.monotonic() < deadline, client.status(job["job_id"])
+            time.sleep(0.2)
+        headers, body = _Receiver.got[-1]
+        event = verify_callback(KEY, headers, body)
+        assert event["type"] == "io.kubesentiment.batch.completed"
+        assert event["data"]["job_id"] == job["job_id"] and event["data"]["processed_texts"] == 3
+        with pytest.raises(InvalidCallback):
+            verify_callback(KEY, headers, body.replace(b"completed", b"cancelled"))
+        with pytest.raises(InvalidCallback):
+            verify_callback("another-key-123", headers, body)
+        with pytest.raises(InvalidCallback):
+            verify_callback(KEY, headers, body, now=time.time() + 3600)
+        with pytest.raises(ApiError) as e:
+            client.submit(TEXTS, callback_url="not a url")
+        assert e.value.status == 422 and e.value.field == "callback_url"
+    finally:
+        server.shutdown()

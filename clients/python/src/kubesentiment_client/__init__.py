@@ -10,10 +10,26 @@
 
 `AsyncClient` has the same methods, awaited. Documents are typed (`JobStatus`,
 `BatchJob`, `ResultItem`, `ResultsPage`: TypedDicts, so they stay plain dicts).
+`verify_callback` checks a completion callback's signature on the receiving side.
 """
 
-from ._common import ApiError, BatchJob, FileObject, JobFailed, JobStatus, ResultItem, ResultsPage
+from ._common import ApiError, BatchJob, CallbackStatus, FileObject, JobFailed, JobStatus, ResultItem, ResultsPage
 from .aio import AsyncClient
 from .client import Client
+from .webhooks import InvalidCallback, signing_key, verify_callback
 
-__all__ = ["ApiError", "AsyncClient", "BatchJob", "Client", "FileObject", "JobFailed", "JobStatus", "ResultItem", "ResultsPage"]
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "BatchJob",
+    "CallbackStatus",
+    "Client",
+    "FileObject",
+    "InvalidCallback",
+    "JobFailed",
+    "JobStatus",
+    "ResultItem",
+    "ResultsPage",
+    "signing_key",
+    "verify_callback",
+]

@@ -32,6 +32,15 @@ class JobSummary(TypedDict):
     average_confidence: float
 
 
+class CallbackStatus(TypedDict):
+    """How a job's completion callback went."""
+
+    state: str
+    """`pending`, `delivered` or `failed`."""
+    attempts: int
+    last_result: Optional[str]
+
+
 class JobStatus(TypedDict):
     """`GET /api/v1/batch/status/{id}`, and each job of `list`."""
 
@@ -48,6 +57,7 @@ class JobStatus(TypedDict):
     estimated_completion_seconds: NotRequired[Optional[int]]
     error: NotRequired[Optional[str]]
     metadata: NotRequired[Dict[str, str]]
+    callback: NotRequired[CallbackStatus]
 
 
 class BatchJob(TypedDict):
@@ -151,6 +161,7 @@ def submit_request(
     metadata: Optional[Dict[str, str]],
     idempotency_key: Optional[str],
     input_url: Optional[str],
+    callback_url: Optional[str] = None,
 ) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """The body and headers of a submit. Every submit carries an Idempotency-Key (a new
     one unless given), so that a retry after a lost answer is the same job."""
@@ -159,7 +170,14 @@ def submit_request(
         body["texts"] = list(texts)
     if input_url is not None:
         body["input_url"] = input_url
-    for key, value in (("timeout_seconds", timeout_seconds), ("max_batch_size", max_batch_size), ("model", model), ("metadata", metadata)):
+    optional = (
+        ("timeout_seconds", timeout_seconds),
+        ("max_batch_size", max_batch_size),
+        ("model", model),
+        ("metadata", metadata),
+        ("callback_url", callback_url),
+    )
+    for key, value in optional:
         if value is not None:
             body[key] = value
     return body, {"Idempotency-Key": idempotency_key if idempotency_key is not None else f"client-{uuid.uuid4()}"}

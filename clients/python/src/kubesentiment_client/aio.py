@@ -76,8 +76,11 @@ class AsyncClient:
         metadata: Optional[Dict[str, str]] = None,
         idempotency_key: Optional[str] = None,
         input_url: Optional[str] = None,
+        callback_url: Optional[str] = None,
     ) -> BatchJob:
-        body, headers = submit_request(texts, priority, timeout_seconds, max_batch_size, model, metadata, idempotency_key, input_url)
+        body, headers = submit_request(
+            texts, priority, timeout_seconds, max_batch_size, model, metadata, idempotency_key, input_url, callback_url
+        )
         return await self._call("POST", "/api/v1/batch/predict", json=body, headers=headers)
 
     async def upload(self, path: str) -> FileObject:

@@ -92,14 +92,19 @@ class Client:
         metadata: Optional[Dict[str, str]] = None,
         idempotency_key: Optional[str] = None,
         input_url: Optional[str] = None,
+        callback_url: Optional[str] = None,
     ) -> BatchJob:
         """Submits a batch; returns the answer (`job_id`, `status`, ...) at once. A text is
         a string, or a dict with `text` and `custom_id`; or, instead of texts, `input_url`
         (`configmap://NAMESPACE/NAME/KEY` or `s3://BUCKET/KEY`) names where they are.
         `metadata` (up to 16 string pairs) comes back on status and in `list`. A submit
         repeated with the same `idempotency_key` returns the job the first one created; a
-        submit without one gets a fresh key, so that its own retries are the same job."""
-        body, headers = submit_request(texts, priority, timeout_seconds, max_batch_size, model, metadata, idempotency_key, input_url)
+        submit without one gets a fresh key, so that its own retries are the same job.
+        With `callback_url`, the server POSTs a CloudEvent there when the job ends, signed
+        with this API key's signing key: check it with `verify_callback`."""
+        body, headers = submit_request(
+            texts, priority, timeout_seconds, max_batch_size, model, metadata, idempotency_key, input_url, callback_url
+        )
         return self._call("POST", "/api/v1/batch/predict", json=body, headers=headers)
 
     def upload(self, path: str) -> FileObject:
