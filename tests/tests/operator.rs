@@ -112,6 +112,22 @@ async fn every_source_and_output_reaches_succeeded() {
     env.ns.delete().await.unwrap();
 }
 
+/// What a store's error body says, which must stay out of status and Events.
+const LEAKED: &str = "internal-host-10-0-0-7";
+
+/// An "S3 endpoint" on port 0 that answers every request 403 with an S3 error body.
+async fn leaky_store() -> String {
+    let body = format!("<Error><Code>AccessDenied</Code><Message>denied by {LEAKED}</Message></Error>");
+    let app = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move { (axum::http::StatusCode::FORBIDDEN, [("content-type", "application/xml")], body) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 #[tokio::test]
 async fn bad_sources_and_models_fail_with_a_reason_and_an_event() {
     let Some(env) = env("op-bad").await else { return };
@@ -125,8 +141,17 @@ async fn bad_sources_and_models_fail_with_a_reason_and_an_event() {
     // An endpoint of the batch's choosing gets no credentials but the batch's own.
     let elsewhere = json!({"s3": {"bucket": "b", "key": "k", "endpoint": "http://169.254.169.254"}});
     env.create("ambient", json!({"source": elsewhere})).await.unwrap();
+    // A store that answers 403 with a body: status and Events get the code, never the body.
+    let leaky = leaky_store().await;
+    let creds: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "creds"}, "stringData": {"accessKeyId": "a", "secretAccessKey": "b"}})).unwrap();
+    env.ns.api::<Secret>().create(&PostParams::default(), &creds).await.unwrap();
+    let leaks =
+        json!({"s3": {"bucket": "b", "key": "k", "endpoint": leaky, "region": "us-east-1", "credentialsSecretRef": {"name": "creds"}}});
+    env.create("leaky", json!({"source": leaks})).await.unwrap();
     for (name, reason, says) in [
-        ("ambient", "SourceInvalid", "credentialsSecretRef is required"),
+        ("ambient", "SourceInvalid", "set source.s3.credentialsSecretRef"),
+        ("leaky", "SourceUnreadable", "access denied (HTTP 403)"),
         ("missing", "SourceUnreadable", "does not exist"),
         ("invalid", "SourceInvalid", "line 2"),
         ("wrong-model", "ModelMismatch", "minilm"),
@@ -135,6 +160,7 @@ async fn bad_sources_and_models_fail_with_a_reason_and_an_event() {
         let c = condition(&b, "Failed").unwrap_or_else(|| panic!("{name}: a Failed condition"));
         assert_eq!((c.status.as_str(), c.reason.as_str(), status(&b).reason.as_deref()), ("True", "Failed", Some(reason)), "{name}");
         assert!(c.message.contains(says), "{name}: {}", c.message);
+        assert!(!c.message.contains(LEAKED), "{name}: {}", c.message);
         assert!(condition(&b, "Complete").is_none(), "{name}: Complete is for a success only");
         let events = eventually(Duration::from_secs(30), "a Failed event", || {
             let env = &env;
@@ -146,6 +172,7 @@ async fn bad_sources_and_models_fail_with_a_reason_and_an_event() {
         .await
         .unwrap();
         assert!(events.contains(reason), "{name}: {events}");
+        assert!(!events.contains(LEAKED), "{name}: {events}");
     }
     env.ns.delete().await.unwrap();
 }
