@@ -101,3 +101,41 @@ pub async fn upload(
     let answer = FileObject { file_id: format!("file-{id}"), input_url: format!("s3://{bucket}/{key}"), bytes, created_at };
     Ok((StatusCode::CREATED, Json(answer)))
 }
+
+/// The answer to a delete.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileDeleted {
+    pub file_id: String,
+    pub deleted: bool,
+}
+
+/// Delete an uploaded file of yours. A job still reading it fails with `SourceChanged`, so
+/// delete a file once its jobs have ended.
+#[utoipa::path(delete, path = "/api/v1/files/{file_id}", tag = "batch", params(("file_id" = String, Path)),
+    responses((status = 200, body = FileDeleted), (status = 401, body = inference_api::ErrorBody),
+        (status = 404, body = inference_api::ErrorBody, description = "no such file of yours"),
+        (status = 503, body = inference_api::ErrorBody, description = "the object store is unreachable")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn delete(
+    State(f): State<Arc<Facade>>,
+    Extension(tenant): Extension<Tenant>,
+    axum::extract::Path(file_id): axum::extract::Path<String>,
+) -> Result<Json<FileDeleted>, ApiError> {
+    let missing = || ApiError::NotFound(format!("no file {file_id}"));
+    let id = file_id.strip_prefix("file-").and_then(|u| uuid::Uuid::try_parse(u).ok()).ok_or_else(missing)?;
+    let bucket = f.files_bucket.as_ref().ok_or_else(missing)?;
+    let unreachable = |e: object_store::Error| {
+        tracing::warn!(error = %e, "deleting an upload failed");
+        ApiError::Unavailable("the object store is unreachable".into())
+    };
+    let store = f.stores.s3().with_bucket_name(bucket).build().map_err(unreachable)?;
+    // The canonical spelling of the id: another spelling names the same file.
+    let key: object_store::path::Path = format!("{}{}.jsonl", prefix(&tenant), id.hyphenated()).as_str().into();
+    match store.head(&key).await {
+        Ok(_) => {}
+        Err(object_store::Error::NotFound { .. }) => return Err(missing()),
+        Err(e) => return Err(unreachable(e)),
+    }
+    store.delete(&key).await.map_err(unreachable)?;
+    Ok(Json(FileDeleted { file_id: format!("file-{}", id.hyphenated()), deleted: true }))
+}

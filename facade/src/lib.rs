@@ -123,7 +123,7 @@ impl Jobs {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "KubeSentiment batch API", description = "Asynchronous batch sentiment analysis; every job is a SentimentBatch resource."),
-    paths(jobs::submit, jobs::status, jobs::results, jobs::list, jobs::cancel, jobs::queue, jobs::metrics, jobs::predict, stream::ws, stream::sse, download::download, files::upload),
+    paths(jobs::submit, jobs::status, jobs::results, jobs::list, jobs::cancel, jobs::queue, jobs::metrics, jobs::predict, stream::ws, stream::sse, download::download, files::upload, files::delete),
     modifiers(&Security),
     tags((name = "batch", description = "Batch jobs"), (name = "predict", description = "Synchronous prediction"))
 )]
@@ -184,6 +184,7 @@ pub fn router(facade: Arc<Facade>, gate: Arc<Gate>, max_body_bytes: usize) -> Ro
         .route("/api/v1/batch/events/{job_id}", get(stream::sse))
         .route("/api/v1/predict", post(jobs::predict))
         .route("/api/v1/files", post(files::upload).layer(DefaultBodyLimit::disable()))
+        .route("/api/v1/files/{file_id}", delete(files::delete))
         .layer(middleware::from_fn_with_state(gate, auth::gate))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, Duration::from_secs(30)));

@@ -685,6 +685,15 @@ async fn jobs_read_their_texts_from_input_urls() {
     assert_eq!(rest.all_results(&from_s3, 1000).await.unwrap().len(), n);
     let uploaded = rest.all_results(&from_file, 10).await.unwrap();
     assert_eq!(uploaded.iter().map(|r| r["custom_id"].as_str().unwrap()).collect::<Vec<_>>(), ["up-0", "up-1", "up-2", "up-3"]);
+    // Its job done, the upload is deleted; then it is gone, as is any other id.
+    let file_id = file["file_id"].as_str().unwrap();
+    let deleted = rest.call(Method::DELETE, &format!("/api/v1/files/{file_id}"), None).await.unwrap();
+    assert_eq!((deleted.status, deleted.body["deleted"].as_bool()), (200, Some(true)), "{}", deleted.body);
+    for id in [file_id, "file-not-a-uuid", "reviews.txt"] {
+        assert_eq!(rest.call(Method::DELETE, &format!("/api/v1/files/{id}"), None).await.unwrap().status, 404, "{id}");
+    }
+    let key = input_url.strip_prefix("s3://").unwrap();
+    assert!(s3.get_signed(key).await.is_err(), "the object is gone");
 
     let ns = s.ns.name.clone();
     for (body, status, field, why) in [

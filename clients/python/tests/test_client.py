@@ -209,6 +209,17 @@ def test_the_async_client_submits_a_file(tmp_path):
     asyncio.run(run())
 
 
+@pytest.mark.skipif(not FILES, reason="KUBESENTIMENT_FILES is not set")
+def test_an_upload_is_deleted(client, tmp_path):
+    source = tmp_path / "few.txt"
+    source.write_text("\n".join(TEXTS) + "\n")
+    file = client.upload(str(source))
+    assert client.delete_file(file["file_id"]) == {"file_id": file["file_id"], "deleted": True}
+    with pytest.raises(ApiError) as e:
+        client.delete_file(file["file_id"])
+    assert e.value.status == 404
+
+
 class _Receiver(http.server.BaseHTTPRequestHandler):
     got: list = []
 

@@ -93,6 +93,10 @@ class AsyncClient:
 
         return await self._call("POST", "/api/v1/files", content=chunks(), headers={"Content-Type": "application/x-ndjson"}, retries=False)
 
+    async def delete_file(self, file_id: str) -> Dict[str, Any]:
+        """Deletes an upload of yours (a job still reading it fails): `{"file_id", "deleted"}`."""
+        return await self._call("DELETE", f"/api/v1/files/{file_id}")
+
     async def submit_file(self, path: str, **submit: Any) -> BatchJob:
         return await self.submit(input_url=(await self.upload(path))["input_url"], **submit)
 

@@ -113,6 +113,10 @@ class Client:
         with open(path, "rb") as data:
             return self._call("POST", "/api/v1/files", content=data, headers={"Content-Type": "application/x-ndjson"}, retries=False)
 
+    def delete_file(self, file_id: str) -> Dict[str, Any]:
+        """Deletes an upload of yours (a job still reading it fails): `{"file_id", "deleted"}`."""
+        return self._call("DELETE", f"/api/v1/files/{file_id}")
+
     def submit_file(self, path: str, **submit: Any) -> BatchJob:
         """Uploads `path` and submits a job that reads it; `submit` takes `submit`'s options."""
         return self.submit(input_url=self.upload(path)["input_url"], **submit)
