@@ -530,6 +530,18 @@ pub async fn run(args: Args) -> Result<Report> {
             operator_texts_per_chunk: ratio(delta(&before_operator, &after_operator, "kubesentiment_chunk_texts_sum"), chunks),
             operator_status_writes: writes,
             status_writes_per_running_job_second: ratio(writes, Some(s.running)),
+            operator_api_reads_per_job: ratio(
+                delta(&before_operator, &after_operator, "kubesentiment_api_reads_total"),
+                Some(completed as f64),
+            ),
+            operator_api_writes_per_job: ratio(
+                delta(&before_operator, &after_operator, "kubesentiment_api_writes_total"),
+                Some(completed as f64),
+            ),
+            operator_api_write_bytes_per_job: ratio(
+                delta(&before_operator, &after_operator, "kubesentiment_api_write_bytes_total"),
+                Some(completed as f64),
+            ),
             operator_cache_hits: delta(&before_operator, &after_operator, "kubesentiment_cache_hits_total"),
             operator_peak_rss_bytes: peak_rss,
         },

@@ -134,6 +134,11 @@ pub struct ServerSide {
     pub operator_status_writes: Option<f64>,
     /// `operator_status_writes / admission.running_job_seconds`.
     pub status_writes_per_running_job_second: Option<f64>,
+    /// The operator's requests to the API server during the run, per job completed
+    /// (`kubesentiment_api_{reads,writes,write_bytes}_total`; leader election apart).
+    pub operator_api_reads_per_job: Option<f64>,
+    pub operator_api_writes_per_job: Option<f64>,
+    pub operator_api_write_bytes_per_job: Option<f64>,
     /// Texts the operator answered from its result cache during the run.
     pub operator_cache_hits: Option<f64>,
     /// Highest `process_resident_memory_bytes` of the operator, sampled every second.
@@ -219,6 +224,13 @@ impl Report {
             opt(s.inference_texts_per_pass, |v| format!("{v:.1}")),
             opt(s.inference_padded_tokens_per_pass, |v| format!("{v:.0}")),
             opt(s.operator_texts_per_chunk, |v| format!("{v:.1}")),
+        );
+        let _ = writeln!(
+            o,
+            "operator API requests per job: {} writes ({} bytes), {} reads",
+            opt(s.operator_api_writes_per_job, |v| format!("{v:.1}")),
+            opt(s.operator_api_write_bytes_per_job, |v| format!("{v:.0}")),
+            opt(s.operator_api_reads_per_job, |v| format!("{v:.1}")),
         );
         let _ = writeln!(
             o,

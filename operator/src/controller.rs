@@ -95,6 +95,10 @@ pub struct Context {
     /// When each running batch's progress was last written, to write at most once per
     /// STATUS_PERIOD (our own writes come back as watch events and trigger reconciles).
     progress_written: Mutex<HashMap<String, Instant>>,
+    /// The `Started` Event of each batch started here and not yet announced, and when it
+    /// started: it goes out once the batch has run for a status period, so a batch that
+    /// ends within one costs no Event but its end (#17).
+    unannounced: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl Context {
@@ -111,6 +115,7 @@ impl Context {
             failures: Mutex::default(),
             weights: Mutex::default(),
             progress_written: Mutex::default(),
+            unannounced: Mutex::default(),
         }
     }
 }
@@ -164,6 +169,7 @@ fn failures_in_a_row(ctx: &Context, uid: &str) -> u32 {
 async fn forget(ctx: &Context, uid: &str) {
     ctx.engine.remove(uid).await;
     ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").remove(uid);
+    ctx.unannounced.lock().expect("the lock is never poisoned. This is a bug.").remove(uid);
 }
 
 fn error_policy(batch: Arc<SentimentBatch>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -244,6 +250,14 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
         status::running(batch, counts, store.manifest_location())
     };
     write_status(batch, ctx, status).await?;
+    let started = {
+        let mut unannounced = ctx.unannounced.lock().expect("the lock is never poisoned. This is a bug.");
+        let due = unannounced.get(&uid).is_some_and(|(at, _)| at.elapsed() >= STATUS_PERIOD);
+        if due { unannounced.remove(&uid).map(|(_, msg)| msg) } else { None }
+    };
+    if let Some(msg) = started {
+        publish(ctx, batch, EventType::Normal, "Started", &msg).await;
+    }
     ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").insert(uid, Instant::now());
     Ok(Action::requeue(every))
 }
@@ -408,7 +422,11 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         })
         .await;
     match batch.phase() {
-        Phase::Pending => publish(ctx, batch, EventType::Normal, "Started", &format!("admitted; {total} texts")).await,
+        Phase::Pending => {
+            let msg = format!("admitted; {total} texts");
+            let entry = (Instant::now(), msg);
+            ctx.unannounced.lock().expect("the lock is never poisoned. This is a bug.").insert(batch.uid().unwrap_or_default(), entry);
+        }
         Phase::Suspended => {
             publish(
                 ctx,

@@ -73,8 +73,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = cli.common.start().context("invalid configuration")?;
     let stores = ObjectStores::from_env();
-    let client = Client::try_default().await.context("connecting to the Kubernetes API server")?;
     let metrics = Metrics::new(&cfg);
+    let kubeconfig = kube::Config::infer().await.context("finding the Kubernetes API server")?;
+    let client = kube::client::ClientBuilder::try_from(kubeconfig)
+        .context("connecting to the Kubernetes API server")?
+        .with_layer(&metrics.api_layer())
+        .build();
     let health = Arc::new(Health { metrics: metrics.clone(), ready: false.into(), leader: false.into() });
 
     let stop = CancellationToken::new();

@@ -5,6 +5,7 @@ use kubesentiment_core::cli::register_process_metrics;
 use kubesentiment_core::config::AsyncBatch;
 use kubesentiment_core::crd::Priority;
 use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use tower::util::MapRequestLayer;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -25,6 +26,13 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     pub status_writes: IntCounter,
     pub callbacks: IntCounterVec,
+    /// Requests to the API server, by kind: reads (get, list), watches, writes.
+    pub api_reads: IntCounter,
+    pub api_watches: IntCounter,
+    pub api_writes: IntCounter,
+    /// Leader election's own requests (its Lease), apart: they are not any batch's.
+    pub api_lease_requests: IntCounter,
+    pub api_write_bytes: IntCounter,
     pub autoscaler_desired: IntGauge,
     pub autoscaler_current: IntGauge,
     pub autoscaler_decisions: IntCounterVec,
@@ -75,6 +83,20 @@ impl Metrics {
                 Opts::new("kubesentiment_chunks_in_flight", "Chunks awaiting an answer, per endpoint"),
                 &["endpoint"]
             )),
+            api_reads: reg!(IntCounter::new("kubesentiment_api_reads_total", "GETs and LISTs sent to the Kubernetes API server")),
+            api_watches: reg!(IntCounter::new("kubesentiment_api_watches_total", "Watches opened on the Kubernetes API server")),
+            api_lease_requests: reg!(IntCounter::new(
+                "kubesentiment_api_lease_requests_total",
+                "Requests of leader election (its Lease) to the Kubernetes API server, counted apart from the rest"
+            )),
+            api_writes: reg!(IntCounter::new(
+                "kubesentiment_api_writes_total",
+                "Creates, updates, patches and deletes sent to the Kubernetes API server"
+            )),
+            api_write_bytes: reg!(IntCounter::new(
+                "kubesentiment_api_write_bytes_total",
+                "Bytes of request bodies written to the API server"
+            )),
             callbacks: reg!(IntCounterVec::new(
                 Opts::new("kubesentiment_callback_attempts_total", "Completion callback attempts, by outcome"),
                 &["outcome"]
@@ -115,5 +137,55 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+
+    /// A layer of the API client that counts every request it sends, as the API server
+    /// would: reads (get, list), watches and writes, and the bytes of what is written.
+    pub fn api_layer(&self) -> MapRequestLayer<impl Fn(ApiRequest) -> ApiRequest + Clone + use<>> {
+        let m = self.clone();
+        MapRequestLayer::new(move |req: ApiRequest| {
+            match api_request_kind(req.method(), req.uri().path(), req.uri().query()) {
+                "lease" => m.api_lease_requests.inc(),
+                "watch" => m.api_watches.inc(),
+                "read" => m.api_reads.inc(),
+                _ => {
+                    m.api_writes.inc();
+                    m.api_write_bytes.inc_by(http_body::Body::size_hint(req.body()).lower());
+                }
+            }
+            req
+        })
+    }
+}
+
+/// A request of the API client.
+pub type ApiRequest = http::Request<kube::client::Body>;
+
+/// `lease` (leader election's), else `read`, `watch` or `write`.
+fn api_request_kind(method: &http::Method, path: &str, query: Option<&str>) -> &'static str {
+    if path.starts_with("/apis/coordination.k8s.io/") {
+        return "lease";
+    }
+    match *method {
+        http::Method::GET if query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1")) => "watch",
+        http::Method::GET | http::Method::HEAD => "read",
+        _ => "write",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_read_watch_or_write() {
+        let cms = "/api/v1/namespaces/a/configmaps";
+        assert_eq!(api_request_kind(&http::Method::GET, cms, Some("labelSelector=a&watch=true")), "watch");
+        assert_eq!(api_request_kind(&http::Method::GET, cms, Some("limit=500")), "read");
+        assert_eq!(api_request_kind(&http::Method::GET, cms, None), "read");
+        for m in [http::Method::POST, http::Method::PATCH, http::Method::PUT, http::Method::DELETE] {
+            assert_eq!(api_request_kind(&m, cms, None), "write");
+        }
+        assert_eq!(api_request_kind(&http::Method::PATCH, "/apis/coordination.k8s.io/v1/namespaces/a/leases/op", None), "lease");
     }
 }

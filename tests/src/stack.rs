@@ -76,6 +76,13 @@ impl Proc {
         Ok((kib("VmRSS:")?, kib("VmHWM:")?))
     }
 
+    /// The HTTP base URL the process logged (`listening on ADDR`), if it has.
+    pub fn url(&self) -> Option<String> {
+        let log = self.output();
+        let addr = log.split("listening on ").nth(1)?.split_whitespace().next()?;
+        Some(format!("http://{}", addr.trim_start_matches("http://")))
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if self.group {
@@ -333,8 +340,6 @@ impl Stack {
 
     /// The operator's HTTP base URL (metrics, health), from its log.
     pub fn operator_url(&self) -> Option<String> {
-        let log = self.operator.as_ref()?.output();
-        let addr = log.split("listening on ").nth(1)?.split_whitespace().next()?;
-        Some(format!("http://{addr}"))
+        self.operator.as_ref()?.url()
     }
 }
