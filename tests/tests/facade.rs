@@ -102,6 +102,15 @@ impl Rest {
         .await
     }
 
+    /// Waits until job `id`'s callback is in `state`; returns its status document.
+    async fn callback(&self, id: &str, state: &str) -> Result<Value> {
+        eventually(LONG, &format!("job {id}'s callback to be {state}"), || async move {
+            let s = self.status(id).await?;
+            Ok((s["callback"]["state"] == state).then_some(s))
+        })
+        .await
+    }
+
     /// Every result of job `id`, page by page.
     async fn all_results(&self, id: &str, page_size: usize) -> Result<Vec<Value>> {
         let mut out = Vec::new();
@@ -781,16 +790,7 @@ async fn callbacks_are_signed_retried_and_refused() {
 
     // A REST job: a 500, then a 204; both attempts the same event, signed.
     let id = rest.submit(json!({"texts": texts(3), "callback_url": format!("{hooks_url}/flaky/rest")})).await.unwrap();
-    let status = eventually(LONG, "the callback to be delivered", || {
-        let rest = &rest;
-        let id = &id;
-        async move {
-            let s = rest.status(id).await?;
-            Ok((s["callback"]["state"] == "delivered").then_some(s))
-        }
-    })
-    .await
-    .unwrap();
+    let status = rest.callback(&id, "delivered").await.unwrap();
     assert_eq!(
         (status["callback"]["attempts"].as_i64(), status["callback"]["last_result"].as_str()),
         (Some(2), Some("HTTP 204 No Content"))
@@ -818,16 +818,7 @@ async fn callbacks_are_signed_retried_and_refused() {
 
     // A private address the operator does not allow: refused, not retried, and said in an Event.
     let refused = rest.submit(json!({"texts": ["x"], "callback_url": "http://10.255.255.1:9/hook"})).await.unwrap();
-    let status = eventually(LONG, "the callback to fail", || {
-        let rest = &rest;
-        let id = &refused;
-        async move {
-            let s = rest.status(id).await?;
-            Ok((s["callback"]["state"] == "failed").then_some(s))
-        }
-    })
-    .await
-    .unwrap();
+    let status = rest.callback(&refused, "failed").await.unwrap();
     assert_eq!(status["callback"]["attempts"], 1);
     let said = status["callback"]["last_result"].as_str().unwrap();
     assert!(said.starts_with("refused: 10.255.255.1"), "{said}");
