@@ -308,6 +308,17 @@ pub enum NotificationState {
     Failed,
 }
 
+impl NotificationState {
+    /// The REST name (`pending`, `delivered`, `failed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationState::Pending => "pending",
+            NotificationState::Delivered => "delivered",
+            NotificationState::Failed => "failed",
+        }
+    }
+}
+
 /// A batch's source as admitted.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -246,7 +246,7 @@ pub fn status_of(batch: &SentimentBatch) -> BatchJobStatus {
         metadata: batch.metadata.annotations.as_ref().map(crate::names::metadata_of).unwrap_or_default(),
         callback: batch.spec.notify.as_ref().map(|_| {
             let n = s.notification.clone().unwrap_or_default();
-            CallbackStatus { state: format!("{:?}", n.state).to_ascii_lowercase(), attempts: n.attempts, last_result: n.last_result }
+            CallbackStatus { state: n.state.as_str().into(), attempts: n.attempts, last_result: n.last_result }
         }),
     }
 }

@@ -43,6 +43,15 @@ pub fn prefix(tenant: &Tenant) -> String {
     }
 }
 
+/// The 503 of a failed object-store request while `doing` something; the error itself
+/// goes to the log only.
+fn unreachable(doing: &'static str) -> impl Fn(object_store::Error) -> ApiError + Copy {
+    move |e| {
+        tracing::warn!(error = %e, "{doing} failed");
+        ApiError::Unavailable("the object store is unreachable".into())
+    }
+}
+
 /// Upload a file of texts, streamed; answers where it is.
 #[utoipa::path(post, path = "/api/v1/files", tag = "batch",
     request_body(content((String = "application/x-ndjson"), (String = "text/plain")),
@@ -67,10 +76,7 @@ pub async fn upload(
     let Some(bucket) = &f.files_bucket else {
         return Err(ApiError::Forbidden { field: "body".into(), message: "uploads are not enabled on this server".into() });
     };
-    let unreachable = |e: object_store::Error| {
-        tracing::warn!(error = %e, "upload failed");
-        ApiError::Unavailable("the object store is unreachable".into())
-    };
+    let unreachable = unreachable("an upload");
     let store = f.stores.s3().with_bucket_name(bucket).build().map_err(unreachable)?;
     let id = uuid::Uuid::new_v4();
     let key = format!("{}{id}.jsonl", prefix(&tenant));
@@ -124,10 +130,7 @@ pub async fn delete(
     let missing = || ApiError::NotFound(format!("no file {file_id}"));
     let id = file_id.strip_prefix("file-").and_then(|u| uuid::Uuid::try_parse(u).ok()).ok_or_else(missing)?;
     let bucket = f.files_bucket.as_ref().ok_or_else(missing)?;
-    let unreachable = |e: object_store::Error| {
-        tracing::warn!(error = %e, "deleting an upload failed");
-        ApiError::Unavailable("the object store is unreachable".into())
-    };
+    let unreachable = unreachable("deleting an upload");
     let store = f.stores.s3().with_bucket_name(bucket).build().map_err(unreachable)?;
     // The canonical spelling of the id: another spelling names the same file.
     let key: object_store::path::Path = format!("{}{}.jsonl", prefix(&tenant), id.hyphenated()).as_str().into();

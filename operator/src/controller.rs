@@ -95,10 +95,10 @@ pub struct Context {
     /// When each running batch's progress was last written, to write at most once per
     /// STATUS_PERIOD (our own writes come back as watch events and trigger reconciles).
     progress_written: Mutex<HashMap<String, Instant>>,
-    /// The `Started` Event of each batch started here and not yet announced, and when it
-    /// started: it goes out once the batch has run for a status period, so a batch that
-    /// ends within one costs no Event but its end (#17).
-    unannounced: Mutex<HashMap<String, (Instant, String)>>,
+    /// When each batch started here and not yet announced started: its `Started` Event
+    /// goes out once it has run for a status period, so a batch that ends within one costs
+    /// no Event but its end (#17).
+    unannounced: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -252,11 +252,11 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     write_status(batch, ctx, status).await?;
     let started = {
         let mut unannounced = ctx.unannounced.lock().expect("the lock is never poisoned. This is a bug.");
-        let due = unannounced.get(&uid).is_some_and(|(at, _)| at.elapsed() >= STATUS_PERIOD);
-        if due { unannounced.remove(&uid).map(|(_, msg)| msg) } else { None }
+        let due = unannounced.get(&uid).is_some_and(|at| at.elapsed() >= STATUS_PERIOD);
+        due && unannounced.remove(&uid).is_some()
     };
-    if let Some(msg) = started {
-        publish(ctx, batch, EventType::Normal, "Started", &msg).await;
+    if started {
+        publish(ctx, batch, EventType::Normal, "Started", &format!("admitted; {} texts", progress.total)).await;
     }
     ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").insert(uid, Instant::now());
     Ok(Action::requeue(every))
@@ -317,9 +317,9 @@ async fn tell(batch: &SentimentBatch, ctx: &Context) -> Result<Option<Action>, E
         publish(ctx, batch, EventType::Warning, "CallbackFailed", &note).await;
     }
     n.last_result = Some(said);
-    let attempts = n.attempts;
+    let next = notify::due_in(&n, now);
     write_status(batch, ctx, SentimentBatchStatus { notification: Some(n), ..old }).await?;
-    Ok((state == NotificationState::Pending).then(|| Action::requeue(notify::BACKOFF.delay(attempts as u32 - 1))))
+    Ok((state == NotificationState::Pending).then(|| Action::requeue(next)))
 }
 
 /// Deletes a finished batch once its `ttlSecondsAfterFinished` (or the configured
@@ -423,9 +423,10 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         .await;
     match batch.phase() {
         Phase::Pending => {
-            let msg = format!("admitted; {total} texts");
-            let entry = (Instant::now(), msg);
-            ctx.unannounced.lock().expect("the lock is never poisoned. This is a bug.").insert(batch.uid().unwrap_or_default(), entry);
+            ctx.unannounced
+                .lock()
+                .expect("the lock is never poisoned. This is a bug.")
+                .insert(batch.uid().unwrap_or_default(), Instant::now());
         }
         Phase::Suspended => {
             publish(

@@ -14,6 +14,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -29,7 +30,7 @@ use serde_json::json;
 use sha2::Sha256;
 
 /// Between a failed attempt and the next: 1 s doubling to 5 min.
-pub const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
 /// How long one attempt may take, connection included.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -102,34 +103,38 @@ impl Allow {
 /// Whether `ip` is a public unicast address (what `IpAddr::is_global` will say once it
 /// is stable).
 fn is_public(ip: IpAddr) -> bool {
-    const NOT_PUBLIC: &[&str] = &[
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.0.0.0/24",
-        "192.0.2.0/24",
-        "192.88.99.0/24",
-        "192.168.0.0/16",
-        "198.18.0.0/15",
-        "198.51.100.0/24",
-        "203.0.113.0/24",
-        "224.0.0.0/3",
-        "::/127",
-        "::ffff:0:0/96",
-        "64:ff9b:1::/48",
-        "100::/64",
-        "2001::/23",
-        "2001:db8::/32",
-        "2002::/16",
-        "fc00::/7",
-        "fe80::/10",
-        "ff00::/8",
-    ];
-    !NOT_PUBLIC.iter().any(|n| n.parse::<IpNet>().expect("constant CIDRs parse. This is a bug.").contains(&ip))
+    static NOT_PUBLIC: LazyLock<Vec<IpNet>> =
+        LazyLock::new(|| NOT_PUBLIC_CIDRS.iter().map(|n| n.parse().expect("constant CIDRs parse. This is a bug.")).collect());
+    !NOT_PUBLIC.iter().any(|n| n.contains(&ip))
 }
+
+/// The ranges that are not public unicast (IANA's special-purpose registries).
+const NOT_PUBLIC_CIDRS: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/3",
+    "::/127",
+    "::ffff:0:0/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001::/23",
+    "2001:db8::/32",
+    "2002::/16",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
 
 /// A delivery attempt's outcome, in the few words status keeps.
 #[derive(Debug, PartialEq)]
