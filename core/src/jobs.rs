@@ -10,7 +10,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 
 use crate::crd::{ConfigMapKeyRef, MAX_INLINE_TEXTS, Notify, Priority, SentimentBatch, SentimentBatchSpec, TextSource};
-use crate::names::{JOB_LABEL, METADATA_PREFIX, SUBMITTED_BY};
+use crate::names::{FINALIZER, JOB_LABEL, METADATA_PREFIX, SUBMITTED_BY};
 
 /// Inline texts up to this many bytes stay in the resource; larger inputs go to a ConfigMap.
 pub const MAX_INLINE_BYTES: usize = 256 * 1024;
@@ -137,6 +137,9 @@ pub async fn create(client: &Client, origin: &Origin, job: NewJob) -> Result<Sen
     }
     let mut batch = SentimentBatch::new(&name, spec);
     batch.metadata.labels = Some(origin.labels.clone());
+    // The operator's cleanup finalizer, from birth: it would otherwise add it with a write
+    // of its own before any work (#17 counts each write of a small job).
+    batch.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
     let metadata = job.metadata.into_iter().map(|(k, v)| (format!("{METADATA_PREFIX}{k}"), v));
     batch.metadata.annotations = Some([(SUBMITTED_BY.to_string(), origin.submitted_by.to_string())].into_iter().chain(metadata).collect());
     let batch = match Api::<SentimentBatch>::namespaced(client.clone(), &origin.namespace).create(&PostParams::default(), &batch).await {
