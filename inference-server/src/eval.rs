@@ -1,6 +1,9 @@
 //! `eval`: accuracy, macro-F1 and a confusion matrix of a model on labelled sentences.
 //! On data labelled only POSITIVE/NEGATIVE the model's decision is the larger of its
 //! POSITIVE and NEGATIVE scores, so a 3-class model is judged on the binary task.
+//! Calibration is the expected calibration error (ECE) of each decision's confidence:
+//! the top score, or on binary data the larger of POSITIVE and NEGATIVE renormalised
+//! over those two.
 
 use serde::Serialize;
 
@@ -17,7 +20,11 @@ pub struct Report {
     pub labels: Vec<String>,
     /// `confusion[gold][predicted]`.
     pub confusion: Vec<Vec<usize>>,
+    /// Expected calibration error over `ECE_BINS` equal-width bins, when confidences are known.
+    pub ece: Option<f64>,
 }
+
+pub const ECE_BINS: usize = 15;
 
 /// The label each prediction stands for on this data set.
 pub fn decisions(examples: &[Example], predictions: &[Prediction], model_labels: &[String]) -> Vec<String> {
@@ -29,6 +36,36 @@ pub fn decisions(examples: &[Example], predictions: &[Prediction], model_labels:
         }
         _ => predictions.iter().map(|p| p.label.to_uppercase()).collect(),
     }
+}
+
+/// How sure the model is of each of `decisions`' labels, as a probability.
+pub fn confidences(examples: &[Example], predictions: &[Prediction], model_labels: &[String]) -> Vec<f64> {
+    let binary = examples.iter().all(|e| e.label == POSITIVE || e.label == NEGATIVE);
+    let index = |name: &str| model_labels.iter().position(|l| l.eq_ignore_ascii_case(name));
+    match (binary, index(POSITIVE), index(NEGATIVE)) {
+        (true, Some(pos), Some(neg)) => predictions
+            .iter()
+            .map(|p| {
+                let (a, b) = (f64::from(p.scores[pos]), f64::from(p.scores[neg]));
+                if a + b > 0.0 { a.max(b) / (a + b) } else { 0.5 }
+            })
+            .collect(),
+        _ => predictions.iter().map(|p| f64::from(p.score)).collect(),
+    }
+}
+
+/// Expected calibration error: over equal-width confidence bins, the share of decisions
+/// in the bin times the gap between their accuracy and their mean confidence.
+pub fn calibration_error(gold: &[String], decided: &[String], confidence: &[f64], bins: usize) -> f64 {
+    let mut sums = vec![(0usize, 0usize, 0.0f64); bins];
+    for ((g, d), c) in gold.iter().zip(decided).zip(confidence) {
+        let bin = ((c * bins as f64).ceil() as usize).clamp(1, bins) - 1;
+        sums[bin].0 += 1;
+        sums[bin].1 += usize::from(g == d);
+        sums[bin].2 += c;
+    }
+    let n = gold.len().max(1) as f64;
+    sums.iter().filter(|(k, _, _)| *k > 0).map(|&(_, right, c)| (right as f64 - c).abs() / n).sum()
 }
 
 /// Scores decisions against gold labels. Classes are the gold labels seen, in `order`
@@ -63,12 +100,24 @@ pub fn score(name: &str, gold: &[String], predicted: &[String], order: &[&str]) 
         macro_f1: if f1s.is_empty() { 0.0 } else { f1s.iter().sum::<f64>() / f1s.len() as f64 },
         labels,
         confusion,
+        ece: None,
+    }
+}
+
+impl Report {
+    /// The report with the decisions' calibration error.
+    pub fn calibrated(self, gold: &[String], decided: &[String], confidence: &[f64]) -> Self {
+        Report { ece: Some(calibration_error(gold, decided, confidence, ECE_BINS)), ..self }
     }
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{}: {} examples, accuracy {:.4}, macro-F1 {:.4}", self.name, self.examples, self.accuracy, self.macro_f1)?;
+        write!(f, "{}: {} examples, accuracy {:.4}, macro-F1 {:.4}", self.name, self.examples, self.accuracy, self.macro_f1)?;
+        match self.ece {
+            Some(ece) => writeln!(f, ", ECE {ece:.4}")?,
+            None => writeln!(f)?,
+        }
         write!(f, "  {:>12}", "gold \\ pred")?;
         for l in &self.labels {
             write!(f, " {l:>9}")?;
@@ -107,6 +156,17 @@ mod tests {
     }
 
     #[test]
+    fn calibration_error_is_the_weighted_gap_between_confidence_and_accuracy() {
+        let gold = s(&["A", "A", "A", "A"]);
+        // Two at 0.95 both right (gap 0.05), two at 0.55 of which one right (gap 0.05).
+        let decided = s(&["A", "A", "A", "B"]);
+        let ece = calibration_error(&gold, &decided, &[0.95, 0.95, 0.55, 0.55], 10);
+        assert!((ece - 0.05).abs() < 1e-12, "{ece}");
+        // Sure and always wrong is as bad as it gets; a confidence of exactly 1 lands in the last bin.
+        assert!((calibration_error(&gold[..2], &s(&["B", "B"]), &[1.0, 1.0], 10) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
     fn binary_data_judges_positive_against_negative_only() {
         let labels = s(&["NEGATIVE", "NEUTRAL", "POSITIVE"]);
         let p = |scores: [f32; 3]| Prediction {
@@ -120,7 +180,10 @@ mod tests {
         let examples = vec![Example { text: "a".into(), label: POSITIVE.into() }, Example { text: "b".into(), label: NEGATIVE.into() }];
         let preds = vec![p([0.1, 0.6, 0.3]), p([0.3, 0.6, 0.1])];
         assert_eq!(decisions(&examples, &preds, &labels), s(&["POSITIVE", "NEGATIVE"]));
+        let sure = confidences(&examples, &preds, &labels);
+        assert!((sure[0] - 0.75).abs() < 1e-6 && (sure[1] - 0.75).abs() < 1e-6, "{sure:?}");
         let three = vec![Example { text: "c".into(), label: "NEUTRAL".into() }];
         assert_eq!(decisions(&three, &preds[..1], &labels), s(&["NEUTRAL"]));
+        assert!((confidences(&three, &preds[..1], &labels)[0] - 0.6).abs() < 1e-6);
     }
 }

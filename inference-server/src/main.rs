@@ -168,8 +168,9 @@ async fn run(command: Command) -> Result<()> {
                 let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
                 let predictions = classifier.predict(&texts, PassLimits::default())?;
                 let decided = eval::decisions(&examples, &predictions, model.labels());
+                let confidence = eval::confidences(&examples, &predictions, model.labels());
                 let gold: Vec<String> = examples.into_iter().map(|e| e.label).collect();
-                let report = eval::score(&f.display().to_string(), &gold, &decided, &order);
+                let report = eval::score(&f.display().to_string(), &gold, &decided, &order).calibrated(&gold, &decided, &confidence);
                 print!("{report}");
                 reports.push(report);
             }

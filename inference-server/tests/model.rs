@@ -109,23 +109,39 @@ fn the_default_model_reads_the_briefs_three_texts() {
     assert!(out[0].score > 0.8 && out[1].score > 0.8, "{out:?}");
 }
 
+/// The default model's accuracy and calibration on labelled sentences.
+fn judge(model: &inference_server::model::Model, examples: Vec<data::Example>) -> eval::Report {
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let predictions = model.classifier().unwrap().predict(&texts, PassLimits::default()).unwrap();
+    let decided = eval::decisions(&examples, &predictions, model.labels());
+    let confidence = eval::confidences(&examples, &predictions, model.labels());
+    let gold: Vec<String> = examples.into_iter().map(|e| e.label).collect();
+    eval::score("", &gold, &decided, &[]).calibrated(&gold, &decided, &confidence)
+}
+
 #[test]
-fn the_default_model_holds_its_uci_accuracy_floor() {
+fn the_default_model_holds_its_accuracy_floors() {
+    // docs/MODELS.md records UCI 0.924 and Hutto held-out 0.758 (ECE 0.015) for the
+    // fine-tuned model; the floors leave room for a rebuild on another CPU.
     let model = load(&builtin_dir());
-    let mut classifier = model.classifier().unwrap();
     let mut accuracies = Vec::new();
     for set in ["amazon", "imdb", "yelp"] {
-        let examples = data::load(&common::assets().join(format!("data/uci/{set}.json")), Split::All).unwrap();
-        assert_eq!(examples.len(), 1000, "{set}");
-        let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-        let predictions = classifier.predict(&texts, PassLimits::default()).unwrap();
-        let decided = eval::decisions(&examples, &predictions, model.labels());
-        let gold: Vec<String> = examples.into_iter().map(|e| e.label).collect();
-        accuracies.push(eval::score(set, &gold, &decided, &["NEGATIVE", "POSITIVE"]).accuracy);
+        let report = judge(&model, data::load(&common::assets().join(format!("data/uci/{set}.json")), Split::All).unwrap());
+        assert_eq!(report.examples, 1000, "{set}");
+        accuracies.push(report.accuracy);
     }
     let mean = accuracies.iter().sum::<f64>() / 3.0;
-    // docs/MODELS.md records 0.871; the floor is 0.87.
-    assert!(mean >= 0.87, "mean UCI accuracy {mean:.4} ({accuracies:?})");
+    assert!(mean >= 0.91, "mean UCI accuracy {mean:.4} ({accuracies:?})");
+
+    // Hutto's held-out sentences, the four files as one set: 3-class, and calibrated.
+    let mut hutto = Vec::new();
+    for file in ["amazonReviewSnippets", "movieReviewSnippets", "nytEditorialSnippets", "tweets"] {
+        hutto.extend(data::load(&common::assets().join(format!("data/hutto/{file}_GroundTruth.txt")), Split::Heldout).unwrap());
+    }
+    let report = judge(&model, hutto);
+    assert_eq!(report.labels.len(), 3, "{report}");
+    assert!(report.accuracy >= 0.74, "Hutto held-out 3-class accuracy: {report}");
+    assert!(report.ece.unwrap() <= 0.04, "Hutto held-out calibration error: are the scores still probabilities? {report}");
 }
 
 /// The UCI sentences, 3,000 of them.
@@ -153,20 +169,12 @@ fn agreement(a: &[inference_server::model::Prediction], b: &[inference_server::m
 #[test]
 fn the_int8_encoder_stays_within_its_tolerance_of_the_fp32_model() {
     // docs/MODELS.md: the int8 graph against the same fused graph in fp32 (the model's
-    // own outputs), on the 3,000 UCI sentences; and at least as close to them as the
-    // int8 export it replaced.
+    // own outputs), on the 3,000 UCI sentences.
     let texts = uci_texts();
     assert_eq!(texts.len(), 3000);
     let exact = predict_all(&common::assets().join("models/reference/minilm-fp32"), &texts);
     let (agree, worst) = agreement(&predict_all(&builtin_dir(), &texts), &exact);
-    let (agree_before, worst_before) = agreement(&predict_all(&common::assets().join("models/reference/minilm-unfused"), &texts), &exact);
-    eprintln!(
-        "labels equal to fp32's: {agree:.4} (the encoder it replaced: {agree_before:.4}); largest score difference {worst:.3} ({worst_before:.3})"
-    );
+    eprintln!("labels equal to fp32's: {agree:.4}; largest score difference {worst:.3}");
     assert!(agree >= 0.96, "labels agree with the fp32 model on {agree:.4} of the UCI sentences");
     assert!(worst <= 0.30, "a score moved by {worst:.3} from the fp32 model's");
-    assert!(
-        agree >= agree_before,
-        "the int8 graph is further from the fp32 model ({agree:.4}) than the one it replaced ({agree_before:.4})"
-    );
 }
