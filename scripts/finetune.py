@@ -169,15 +169,20 @@ def temperature(z: np.ndarray, gold: np.ndarray) -> float:
     return float(grid[int(np.argmin(nll))])
 
 
-def main(model_dir: str, hutto_dir: str, head_path: str, out_dir: str) -> None:
-    started = time.time()
+def load(model_dir: str) -> tuple[dict, Tokenizer, dict[str, np.ndarray], str]:
+    """config.json, the tokenizer (no padding, no truncation), every tensor, and their names' prefix."""
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.no_truncation()
     weights = load_file(os.path.join(model_dir, "model.safetensors"))
-    prefix = "bert." if "bert." + FROZEN in weights else ""
+    return config, tokenizer, weights, "bert." if "bert." + FROZEN in weights else ""
+
+
+def main(model_dir: str, hutto_dir: str, head_path: str, out_dir: str) -> None:
+    started = time.time()
+    config, tokenizer, weights, prefix = load(model_dir)
     tensors = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix) and not k.startswith(prefix + "pooler.") and v.dtype == np.float32}
     head = load_file(head_path)
     frozen = {FROZEN: jnp.asarray(tensors[FROZEN])}

@@ -18,10 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from safetensors.numpy import load_file
-from tokenizers import Tokenizer
 
-from finetune import BATCH, FROZEN, LABELS, batches, ece, encoder, hutto, softmax, temperature
+from finetune import BATCH, LABELS, batches, ece, encoder, hutto, load, softmax, temperature
 
 HIDDEN = 256
 STEPS = 3000
@@ -43,13 +41,7 @@ def embed(params, config, rows, tokenizer):
 
 
 def main(model_dir: str, hutto_dir: str, uci_dir: str) -> None:
-    with open(os.path.join(model_dir, "config.json")) as f:
-        config = json.load(f)
-    tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    weights = load_file(os.path.join(model_dir, "model.safetensors"))
-    prefix = "bert." if "bert." + FROZEN in weights else ""
+    config, tokenizer, weights, prefix = load(model_dir)
     params = {k[len(prefix) :]: jnp.asarray(v) for k, v in weights.items() if k.startswith(prefix) and v.dtype == np.float32}
     data = hutto(hutto_dir)
     x = {split: embed(params, config, rows, tokenizer) for split, rows in data.items()}

@@ -1,4 +1,4 @@
-//! `eval`: accuracy, macro-F1 and a confusion matrix of a model on labelled sentences.
+//! `eval`: accuracy, macro-F1, calibration error and a confusion matrix of a model on labelled sentences.
 //! On data labelled only POSITIVE/NEGATIVE the model's decision is the larger of its
 //! POSITIVE and NEGATIVE scores, so a 3-class model is judged on the binary task.
 //! Calibration is the expected calibration error (ECE) of each decision's confidence:

@@ -70,7 +70,7 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeConfig,
     },
-    /// Accuracy, macro-F1 and confusion matrix on labelled files.
+    /// Accuracy, macro-F1, calibration error (ECE) and confusion matrix on labelled files.
     Eval {
         #[arg(long, num_args = 1.., required = true)]
         data: Vec<PathBuf>,
