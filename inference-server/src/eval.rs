@@ -26,32 +26,46 @@ pub struct Report {
 
 pub const ECE_BINS: usize = 15;
 
-/// The label each prediction stands for on this data set.
-pub fn decisions(examples: &[Example], predictions: &[Prediction], model_labels: &[String]) -> Vec<String> {
-    let binary = examples.iter().all(|e| e.label == POSITIVE || e.label == NEGATIVE);
+/// POSITIVE's and NEGATIVE's score columns when the data is labelled only with those two
+/// and the model has both: it is then judged on that binary decision.
+fn binary_columns(examples: &[Example], model_labels: &[String]) -> Option<(usize, usize)> {
     let index = |name: &str| model_labels.iter().position(|l| l.eq_ignore_ascii_case(name));
-    match (binary, index(POSITIVE), index(NEGATIVE)) {
-        (true, Some(pos), Some(neg)) => {
+    let binary = examples.iter().all(|e| e.label == POSITIVE || e.label == NEGATIVE);
+    binary.then(|| index(POSITIVE).zip(index(NEGATIVE))).flatten()
+}
+
+/// The label each prediction stands for on this data set.
+fn decisions(examples: &[Example], predictions: &[Prediction], model_labels: &[String]) -> Vec<String> {
+    match binary_columns(examples, model_labels) {
+        Some((pos, neg)) => {
             predictions.iter().map(|p| if p.scores[pos] >= p.scores[neg] { POSITIVE } else { NEGATIVE }.to_string()).collect()
         }
-        _ => predictions.iter().map(|p| p.label.to_uppercase()).collect(),
+        None => predictions.iter().map(|p| p.label.to_uppercase()).collect(),
     }
 }
 
 /// How sure the model is of each of `decisions`' labels, as a probability.
-pub fn confidences(examples: &[Example], predictions: &[Prediction], model_labels: &[String]) -> Vec<f64> {
-    let binary = examples.iter().all(|e| e.label == POSITIVE || e.label == NEGATIVE);
-    let index = |name: &str| model_labels.iter().position(|l| l.eq_ignore_ascii_case(name));
-    match (binary, index(POSITIVE), index(NEGATIVE)) {
-        (true, Some(pos), Some(neg)) => predictions
+fn confidences(examples: &[Example], predictions: &[Prediction], model_labels: &[String]) -> Vec<f64> {
+    match binary_columns(examples, model_labels) {
+        Some((pos, neg)) => predictions
             .iter()
             .map(|p| {
                 let (a, b) = (f64::from(p.scores[pos]), f64::from(p.scores[neg]));
                 if a + b > 0.0 { a.max(b) / (a + b) } else { 0.5 }
             })
             .collect(),
-        _ => predictions.iter().map(|p| f64::from(p.score)).collect(),
+        None => predictions.iter().map(|p| f64::from(p.score)).collect(),
     }
+}
+
+/// A model's report on labelled `examples` from its `predictions`: the decisions scored
+/// against the labels, classes in the model's order, with their calibration error.
+pub fn judge(name: &str, examples: Vec<Example>, predictions: &[Prediction], model_labels: &[String]) -> Report {
+    let decided = decisions(&examples, predictions, model_labels);
+    let confidence = confidences(&examples, predictions, model_labels);
+    let gold: Vec<String> = examples.into_iter().map(|e| e.label).collect();
+    let order: Vec<&str> = model_labels.iter().map(String::as_str).collect();
+    Report { ece: Some(calibration_error(&gold, &decided, &confidence, ECE_BINS)), ..score(name, &gold, &decided, &order) }
 }
 
 /// Expected calibration error: over equal-width confidence bins, the share of decisions
@@ -101,13 +115,6 @@ pub fn score(name: &str, gold: &[String], predicted: &[String], order: &[&str]) 
         labels,
         confusion,
         ece: None,
-    }
-}
-
-impl Report {
-    /// The report with the decisions' calibration error.
-    pub fn calibrated(self, gold: &[String], decided: &[String], confidence: &[f64]) -> Self {
-        Report { ece: Some(calibration_error(gold, decided, confidence, ECE_BINS)), ..self }
     }
 }
 

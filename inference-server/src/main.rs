@@ -161,16 +161,12 @@ async fn run(command: Command) -> Result<()> {
         Command::Eval { data: files, split, json, model } => {
             let model = model.load().await?;
             let mut classifier = model.classifier()?;
-            let order: Vec<&str> = model.labels().iter().map(String::as_str).collect();
             let mut reports = Vec::new();
             for f in &files {
                 let examples = data::load(f, split)?;
                 let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
                 let predictions = classifier.predict(&texts, PassLimits::default())?;
-                let decided = eval::decisions(&examples, &predictions, model.labels());
-                let confidence = eval::confidences(&examples, &predictions, model.labels());
-                let gold: Vec<String> = examples.into_iter().map(|e| e.label).collect();
-                let report = eval::score(&f.display().to_string(), &gold, &decided, &order).calibrated(&gold, &decided, &confidence);
+                let report = eval::judge(&f.display().to_string(), examples, &predictions, model.labels());
                 print!("{report}");
                 reports.push(report);
             }

@@ -113,10 +113,7 @@ fn the_default_model_reads_the_briefs_three_texts() {
 fn judge(model: &inference_server::model::Model, examples: Vec<data::Example>) -> eval::Report {
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let predictions = model.classifier().unwrap().predict(&texts, PassLimits::default()).unwrap();
-    let decided = eval::decisions(&examples, &predictions, model.labels());
-    let confidence = eval::confidences(&examples, &predictions, model.labels());
-    let gold: Vec<String> = examples.into_iter().map(|e| e.label).collect();
-    eval::score("", &gold, &decided, &[]).calibrated(&gold, &decided, &confidence)
+    eval::judge("", examples, &predictions, model.labels())
 }
 
 #[test]

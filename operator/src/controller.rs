@@ -95,9 +95,9 @@ pub struct Context {
     /// When each running batch's progress was last written, to write at most once per
     /// STATUS_PERIOD (our own writes come back as watch events and trigger reconciles).
     progress_written: Mutex<HashMap<String, Instant>>,
-    /// When each batch started here and not yet announced started: its `Started` Event
-    /// goes out once it has run for a status period, so a batch that ends within one costs
-    /// no Event but its end (#17).
+    /// When each batch started here, until its `Started` Event goes out: that happens once
+    /// it has run for a status period, so a batch that ends within one costs no Event but
+    /// its end (#17).
     unannounced: Mutex<HashMap<String, Instant>>,
 }
 
