@@ -5,7 +5,8 @@
 //! idempotently before its chunk counts as done, so the parts present are exactly the
 //! work committed, and a restarted operator resumes from them. When the batch is final a
 //! manifest lists the parts and a failures file (the dead-letter list) holds every failed
-//! item.
+//! item. A batch whose results are one part without failures (a small batch: one chunk)
+//! has it written once, with its manifest, as one ConfigMap (#17).
 //!
 //! Two backends: ConfigMaps owned by the batch (the default; garbage-collected with it,
 //! each well under 1 MiB), or any `object_store` URL (`s3://…`, `file:///…`).
@@ -29,6 +30,14 @@ use crate::crd::SentimentBatch;
 use crate::names::{BATCH_UID_LABEL, MANAGER, RESULTS_KIND_LABEL as KIND_LABEL};
 
 const DATA_KEY: &str = "results.jsonl";
+const MANIFEST_KEY: &str = "manifest.json";
+/// The stem of a part written with its manifest: [`Part::stem`] of such a part, and the
+/// ConfigMap it lives in (`<batch>-results`, the manifest's).
+const WHOLE_STEM: &str = "results";
+/// The `kubesentiment.io/results` label of a ConfigMap holding a manifest and its only part.
+const WHOLE_KIND: &str = "manifest-part";
+/// The result ConfigMaps that hold parts.
+const PART_KINDS: &str = "part,manifest-part";
 /// Most texts in one ConfigMap part: a line is at most ~1.4 KB (a 256-character id of
 /// 4-byte characters plus the prediction), so a part stays well under the 1 MiB limit.
 pub const MAX_CONFIGMAP_PART_TEXTS: usize = 500;
@@ -146,6 +155,9 @@ pub enum Store {
         base: String,
         uid: String,
         owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+        /// The batch's texts, once known ([`Store::of_texts`]): a part of all of them
+        /// without failures is then written with its manifest, one write instead of two.
+        total: Option<usize>,
     },
     /// `root` is the URL of the store's top (`s3://bucket`, `file://`).
     Objects { store: Arc<dyn ObjectStore>, root: String, prefix: Path },
@@ -166,6 +178,7 @@ impl Store {
                 base: name.chars().take(200).collect(),
                 uid,
                 owner: batch.controller_owner_ref(&()).expect("a stored batch has a name and UID. This is a bug."),
+                total: None,
             }),
             Some(output) => {
                 let bad = |why: String| StoreError::BadUrl { url: output.clone(), why };
@@ -182,6 +195,14 @@ impl Store {
                 Ok(Store::Objects { store, root, prefix })
             }
         }
+    }
+
+    /// This store, for a batch of `total` texts.
+    pub fn of_texts(mut self, n: usize) -> Self {
+        if let Store::ConfigMaps { total, .. } = &mut self {
+            *total = Some(n);
+        }
+        self
     }
 
     /// Most texts one part (one chunk) may hold in this store.
@@ -225,6 +246,11 @@ impl Store {
     }
 
     async fn put(&self, entry: &Entry, body: String) -> Result<(), StoreError> {
+        self.put_data(entry, [(entry.key, body)].into()).await
+    }
+
+    /// Writes `entry` with `data`: in a ConfigMap, every key; as an object, `entry.key`'s.
+    async fn put_data(&self, entry: &Entry, mut data: BTreeMap<&str, String>) -> Result<(), StoreError> {
         match self {
             Store::ConfigMaps { api, base, uid, owner, .. } => {
                 let name = entry.configmap(base);
@@ -235,7 +261,7 @@ impl Store {
                         owner_references: Some(vec![owner.clone()]),
                         ..Default::default()
                     },
-                    data: Some([(entry.key.to_string(), body)].into()),
+                    data: Some(data.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
                     ..Default::default()
                 };
                 // Created, so that a ConfigMap of the same name that is not ours is never
@@ -256,15 +282,34 @@ impl Store {
                 }
             }
             Store::Objects { store, prefix, .. } => {
-                store.put(&entry.object(prefix), body.into()).await?;
+                store.put(&entry.object(prefix), data.remove(entry.key).unwrap_or_default().into()).await?;
             }
         }
         Ok(())
     }
 
-    /// Writes one part, replacing any earlier write of the same range.
+    /// Writes one part, replacing any earlier write of the same range. A part of every
+    /// text of a batch stored in ConfigMaps, none failed, is its whole result: it is
+    /// written with its manifest, in the manifest's ConfigMap.
     pub async fn write_part(&self, part: &Part) -> Result<(), StoreError> {
-        self.put(&Entry::part(&part.stem), to_jsonl(&part.lines)).await
+        let body = to_jsonl(&part.lines);
+        match self {
+            Store::ConfigMaps { total: Some(total), .. }
+                if part.start == 0 && part.end() == *total && part.lines.iter().all(|l| l.error.is_none()) =>
+            {
+                let entry = Entry::whole();
+                let manifest = Manifest {
+                    total_texts: *total,
+                    parts: vec![ManifestPart { location: self.location(&entry), start: 0, end: *total }],
+                    more_parts: Vec::new(),
+                    failures: String::new(),
+                    failure_shards: Vec::new(),
+                    failed_texts: 0,
+                };
+                self.put_data(&entry, [(MANIFEST_KEY, pretty(&manifest)), (DATA_KEY, body)].into()).await
+            }
+            _ => self.put(&Entry::part(&part.stem), body).await,
+        }
     }
 
     /// Every part committed so far, ordered by start, each index once.
@@ -272,12 +317,12 @@ impl Store {
         let mut parts = Vec::new();
         match self {
             Store::ConfigMaps { api, uid, .. } => {
-                let lp = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{KIND_LABEL}=part"));
+                let lp = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{KIND_LABEL} in ({PART_KINDS})"));
                 for cm in api.list(&lp).await?.items {
                     let location = cm.name_any();
-                    let Some((_, range)) = location.rsplit_once("-part-") else { continue };
+                    let Some(stem) = part_stem(&cm.metadata) else { continue };
                     let body = cm.data.and_then(|mut d| d.remove(DATA_KEY)).unwrap_or_default();
-                    parts.push(parse_part(&location, format!("part-{range}"), &body)?);
+                    parts.push(parse_part(&location, stem, &body)?);
                 }
             }
             Store::Objects { store, prefix, .. } => {
@@ -302,9 +347,9 @@ impl Store {
     pub async fn part_names(&self) -> Result<Vec<(usize, String)>, StoreError> {
         let mut starts: Vec<(usize, String)> = match self {
             Store::ConfigMaps { api, uid, .. } => {
-                let lp = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{KIND_LABEL}=part"));
-                let names = api.list_metadata(&lp).await?.items.into_iter().map(|m| m.name_any());
-                names.filter_map(|n| Some((part_start(n.rsplit_once("-part-")?.1)?, n))).collect()
+                let lp = ListParams::default().labels(&format!("{BATCH_UID_LABEL}={uid},{KIND_LABEL} in ({PART_KINDS})"));
+                let metas = api.list_metadata(&lp).await?.items;
+                metas.into_iter().filter_map(|m| Some((stem_start(&part_stem(&m.metadata)?)?, m.name_any()))).collect()
             }
             Store::Objects { store, prefix, .. } => {
                 let metas: Vec<_> = store.list(Some(prefix)).try_collect().await?;
@@ -458,6 +503,15 @@ impl Store {
             Store::ConfigMaps { .. } => (FAILURES_PER_SHARD, PARTS_PER_MANIFEST_SHARD),
             Store::Objects { .. } => (usize::MAX, usize::MAX),
         };
+        // One part written with its manifest, no failures: all is written already.
+        if let [only] = parts
+            && only.stem == WHOLE_STEM
+            && only.start == 0
+            && only.end() == total
+            && failures.is_empty()
+        {
+            return Ok(self.manifest_location());
+        }
         // No failures, no list: a successful batch writes only its manifest here.
         let mut failure_shards = Vec::new();
         for (i, shard) in failures.chunks(per_failures).enumerate() {
@@ -465,8 +519,19 @@ impl Store {
             self.put(&entry, to_jsonl(shard)).await?;
             failure_shards.push(self.location(&entry));
         }
-        let entries: Vec<ManifestPart> =
-            parts.iter().map(|p| ManifestPart { location: self.location(&Entry::part(&p.stem)), start: p.start, end: p.end() }).collect();
+        let mut entries = Vec::with_capacity(parts.len());
+        for p in parts {
+            let mut entry = Entry::part(&p.stem);
+            // A part that was written with the manifest (it overlaps another leader's, or
+            // a cancel came with it) moves out of the manifest's ConfigMap, which is
+            // rewritten with the manifest alone.
+            if p.stem == WHOLE_STEM {
+                let moved = Part::new(p.start, p.lines.clone());
+                entry = Entry::part(&moved.stem);
+                self.put(&entry, to_jsonl(&moved.lines)).await?;
+            }
+            entries.push(ManifestPart { location: self.location(&entry), start: p.start, end: p.end() });
+        }
         let mut chunks = entries.chunks(per_manifest);
         let first = chunks.next().unwrap_or_default().to_vec();
         let mut more_parts = Vec::new();
@@ -483,8 +548,7 @@ impl Store {
             failure_shards,
             failed_texts: failures.len(),
         };
-        let body = serde_json::to_string_pretty(&manifest).expect("a manifest serializes. This is a bug.");
-        self.put(&Entry::manifest(0), body).await?;
+        self.put(&Entry::manifest(0), pretty(&manifest)).await?;
         Ok(self.manifest_location())
     }
 
@@ -555,7 +619,12 @@ impl Entry {
         } else {
             (format!("results-{n}"), format!("manifest-{n}.json"))
         };
-        Entry { stem, file, key: "manifest.json", kind: "manifest" }
+        Entry { stem, file, key: MANIFEST_KEY, kind: "manifest" }
+    }
+
+    /// The manifest's ConfigMap, holding its only part too.
+    fn whole() -> Self {
+        Entry { kind: WHOLE_KIND, ..Entry::manifest(0) }
     }
 
     fn configmap(&self, base: &str) -> String {
@@ -565,6 +634,24 @@ impl Entry {
     fn object(&self, prefix: &Path) -> Path {
         prefix.clone().join(self.file.as_str())
     }
+}
+
+/// The stem of the part a result ConfigMap holds: `part-<start>-<end>` from its name, or
+/// [`WHOLE_STEM`] for a manifest holding its only part; `None` for a ConfigMap of no part.
+fn part_stem(meta: &ObjectMeta) -> Option<String> {
+    match meta.labels.as_ref()?.get(KIND_LABEL)?.as_str() {
+        WHOLE_KIND => Some(WHOLE_STEM.to_string()),
+        _ => Some(format!("part-{}", meta.name.as_deref()?.rsplit_once("-part-")?.1)),
+    }
+}
+
+fn pretty(manifest: &Manifest) -> String {
+    serde_json::to_string_pretty(manifest).expect("a manifest serializes. This is a bug.")
+}
+
+/// The first index of the part stored as `stem`.
+fn stem_start(stem: &str) -> Option<usize> {
+    if stem == WHOLE_STEM { Some(0) } else { part_start(stem.strip_prefix("part-")?) }
 }
 
 /// The first index in a part's name (`0000500-0000600` or `0000500` → 500).

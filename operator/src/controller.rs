@@ -55,6 +55,10 @@ const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration
 const FINAL_ATTEMPTS: u32 = 5;
 /// How long a namespace's weight is trusted before it is read again.
 const WEIGHT_REFRESH: Duration = Duration::from_secs(60);
+/// A batch created later than this after this replica began to lead can have run under no
+/// other replica: the last leader's lease had lapsed by then, or it had handed over (the
+/// margin covers clocks that differ between the API server and this replica).
+const LED_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -95,10 +99,20 @@ pub struct Context {
     /// When each running batch's progress was last written, to write at most once per
     /// STATUS_PERIOD (our own writes come back as watch events and trigger reconciles).
     progress_written: Mutex<HashMap<String, Instant>>,
-    /// When each batch started here, until its `Started` Event goes out: that happens once
-    /// it has run for a status period, so a batch that ends within one costs no Event but
-    /// its end (#17).
-    unannounced: Mutex<HashMap<String, Instant>>,
+    /// Batches started here from Pending that have not yet run for a status period.
+    fresh: Mutex<HashMap<String, Fresh>>,
+    /// When this replica began to lead.
+    led_since: Timestamp,
+}
+
+/// A batch started here from Pending, until it has run for a status period (#17). Its
+/// `Started` Event waits until then, and a batch of at most one chunk's texts holds back
+/// its Running status too: one that ends within the period costs its final status and no
+/// Event (a failure still has its Warning).
+struct Fresh {
+    at: Instant,
+    /// The Running status (with `startedAt` and the source's pin) not written yet.
+    unwritten: Option<SentimentBatchStatus>,
 }
 
 impl Context {
@@ -115,7 +129,8 @@ impl Context {
             failures: Mutex::default(),
             weights: Mutex::default(),
             progress_written: Mutex::default(),
-            unannounced: Mutex::default(),
+            fresh: Mutex::default(),
+            led_since: Timestamp::now(),
         }
     }
 }
@@ -169,7 +184,16 @@ fn failures_in_a_row(ctx: &Context, uid: &str) -> u32 {
 async fn forget(ctx: &Context, uid: &str) {
     ctx.engine.remove(uid).await;
     ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").remove(uid);
-    ctx.unannounced.lock().expect("the lock is never poisoned. This is a bug.").remove(uid);
+    ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.").remove(uid);
+}
+
+/// The batch's status as this replica last made it: the Running status it holds back
+/// (see [`Fresh`]), else the one on record.
+fn status_of(ctx: &Context, batch: &SentimentBatch) -> SentimentBatchStatus {
+    let uid = batch.uid().unwrap_or_default();
+    let held = ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.").get(&uid).and_then(|f| f.unwritten.clone());
+    held.filter(|_| batch.status.as_ref().is_none_or(|s| s.started_at.is_none()))
+        .unwrap_or_else(|| batch.status.clone().unwrap_or_default())
 }
 
 fn error_policy(batch: Arc<SentimentBatch>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -209,7 +233,8 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
     let created = batch.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
     let resuming = batch.phase() == Phase::Suspended;
-    let since = if resuming { now } else { batch.status.as_ref().and_then(|s| s.started_at.as_ref()).map_or(created, |t| t.0) };
+    let old = status_of(ctx, batch);
+    let since = if resuming { now } else { old.started_at.as_ref().map_or(created, |t| t.0) };
     let timeout = ctx.cfg.timeout(batch.spec.timeout_seconds);
     let expired = format!("not finished within {} s", timeout.as_secs());
     let left = (since + jiff::SignedDuration::try_from(timeout).expect("timeouts are capped. This is a bug.")).duration_since(now);
@@ -236,7 +261,6 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     if let Some(since) = since_write.filter(|s| *s < STATUS_PERIOD) {
         return Ok(Action::requeue(STATUS_PERIOD - since));
     }
-    let old = batch.status.clone().unwrap_or_default();
     let left = progress.total.saturating_sub(progress.tally.done());
     // Waiting for pods, the estimate counts the scale-up (when this operator scales).
     let eta = if progress.waiting_for_capacity { ctx.capacity.eta_from_zero(left) } else { progress.eta_seconds };
@@ -251,9 +275,12 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     };
     write_status(batch, ctx, status).await?;
     let started = {
-        let mut unannounced = ctx.unannounced.lock().expect("the lock is never poisoned. This is a bug.");
-        let due = unannounced.get(&uid).is_some_and(|at| at.elapsed() >= STATUS_PERIOD);
-        due && unannounced.remove(&uid).is_some()
+        let mut fresh = ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.");
+        let due = fresh.get_mut(&uid).is_some_and(|f| {
+            f.unwritten = None;
+            f.at.elapsed() >= STATUS_PERIOD
+        });
+        due && fresh.remove(&uid).is_some()
     };
     if started {
         publish(ctx, batch, EventType::Normal, "Started", &format!("admitted; {} texts", progress.total)).await;
@@ -266,7 +293,7 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
 /// (committed), it is Suspended.
 async fn suspend(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     let uid = batch.uid().unwrap_or_default();
-    let old = batch.status.clone().unwrap_or_default();
+    let old = status_of(ctx, batch);
     let counts = match ctx.engine.progress(&uid).await {
         Some(p) => {
             ctx.engine.suspend(&uid).await;
@@ -387,9 +414,23 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         );
         return finalize(batch, ctx, &store, Phase::Failed, "SourceChanged", &msg).await;
     }
-    // A batch that never ran has no parts (its Running status, with startedAt, is written
-    // before its first chunk can run), so there is nothing to list.
-    let parts = if old.started_at.is_none() { Vec::new() } else { store.read_parts().await? };
+    // A batch never started (no startedAt on record) that only this replica can have run
+    // has no parts: nothing to list. One another replica may have started has parts only
+    // if that replica died or handed over within the batch's first status period, before
+    // it put the source's pin on record: nothing says which texts those are of, so they
+    // go and the batch starts over.
+    let may_have_run = batch.metadata.creation_timestamp.as_ref().is_none_or(|t| t.0 < ctx.led_since + LED_MARGIN);
+    let parts = match (old.started_at.is_some(), may_have_run) {
+        (true, _) => store.read_parts().await?,
+        (false, false) => Vec::new(),
+        (false, true) => {
+            for part in store.read_parts().await? {
+                tracing::info!(batch = %batch.name_any(), part = part.stem, "deleting a part of an unrecorded start");
+                store.delete_part(&part.stem).await?;
+            }
+            Vec::new()
+        }
+    };
     let committed = Tally::of(parts.iter().flat_map(|p| &p.lines));
     let total = texts.len();
     let max_batch = batch
@@ -405,9 +446,20 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         started_at: if resumed { Some(Time(Timestamp::now())) } else { old.started_at.clone() },
         ..status::counts(&old, total, &committed)
     };
-    let location = store.manifest_location();
-    // Running (and startedAt) is on record before any chunk can commit a part.
-    write_status(batch, ctx, status::running(batch, counts.clone(), location)).await?;
+    let running = status::running(batch, counts.clone(), store.manifest_location());
+    // Running (startedAt, the source's pin) is on record before any chunk can commit a
+    // part; but for a batch of one chunk's texts starting from Pending, whose parts the
+    // paragraph above deletes after a crash, it waits a status period (`Fresh`).
+    let fresh = batch.phase() == Phase::Pending;
+    let unwritten = if fresh && total <= max_batch {
+        Some(running)
+    } else {
+        write_status(batch, ctx, running).await?;
+        None
+    };
+    if fresh {
+        ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.").insert(uid.clone(), Fresh { at: Instant::now(), unwritten });
+    }
     ctx.engine
         .start_job(JobStart {
             id: uid,
@@ -415,30 +467,15 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
             texts,
             remaining: store::remaining(total, &parts),
             committed,
-            sink: Arc::new(store),
+            sink: Arc::new(store.of_texts(total)),
             max_batch,
             model: batch.spec.model.clone(),
             deadline,
         })
         .await;
-    match batch.phase() {
-        Phase::Pending => {
-            ctx.unannounced
-                .lock()
-                .expect("the lock is never poisoned. This is a bug.")
-                .insert(batch.uid().unwrap_or_default(), Instant::now());
-        }
-        Phase::Suspended => {
-            publish(
-                ctx,
-                batch,
-                EventType::Normal,
-                "Resumed",
-                &format!("spec.suspend is unset; {} texts left", total - counts.processed_texts as usize),
-            )
-            .await
-        }
-        _ => {}
+    if resumed {
+        let left = total - counts.processed_texts as usize;
+        publish(ctx, batch, EventType::Normal, "Resumed", &format!("spec.suspend is unset; {left} texts left")).await;
     }
     Ok(Action::requeue(STATUS_PERIOD.min(left)))
 }
@@ -465,7 +502,8 @@ async fn finalize(cached: &SentimentBatch, ctx: &Context, store: &Store, phase: 
         forget(ctx, &uid).await;
         return Ok(Action::await_change());
     }
-    match write_results(&batch, ctx, store, phase).await {
+    let old = status_of(ctx, &batch);
+    match write_results(ctx, store, &old, phase).await {
         Ok((status, tally)) => {
             let (phase, reason, msg) = if phase == Phase::Succeeded && tally.ok == 0 && tally.failed > 0 {
                 (Phase::Failed, "AllItemsFailed", format!("all {} texts failed; see {}", tally.failed, store.failures_location()))
@@ -476,8 +514,7 @@ async fn finalize(cached: &SentimentBatch, ctx: &Context, store: &Store, phase: 
         }
         Err(e) if failures_in_a_row(ctx, &uid) + 1 >= FINAL_ATTEMPTS => {
             let msg = format!("results could not be written ({FINAL_ATTEMPTS} attempts): {e}");
-            let status = batch.status.clone().unwrap_or_default();
-            end(&batch, ctx, status, Phase::Failed, "ResultsUnwritable", &msg).await
+            end(&batch, ctx, old, Phase::Failed, "ResultsUnwritable", &msg).await
         }
         Err(e) => Err(e),
     }
@@ -485,8 +522,12 @@ async fn finalize(cached: &SentimentBatch, ctx: &Context, store: &Store, phase: 
 
 /// Writes a final batch's failures list and manifest from what the store holds (an
 /// Expired batch's unfinished texts fail with `timeout`); returns its counts.
-async fn write_results(batch: &SentimentBatch, ctx: &Context, store: &Store, phase: Phase) -> Result<(SentimentBatchStatus, Tally), Error> {
-    let old = batch.status.clone().unwrap_or_default();
+async fn write_results(
+    ctx: &Context,
+    store: &Store,
+    old: &SentimentBatchStatus,
+    phase: Phase,
+) -> Result<(SentimentBatchStatus, Tally), Error> {
     let total = old.total_texts.max(0) as usize;
     let parts = store.read_parts().await?;
     let mut failures: Vec<ResultLine> = parts.iter().flat_map(|p| &p.lines).filter(|l| l.error.is_some()).cloned().collect();
@@ -500,7 +541,7 @@ async fn write_results(batch: &SentimentBatch, ctx: &Context, store: &Store, pha
     }
     let location = store.finish(total, &parts, &failures).await?;
     let tally = Tally::of(parts.iter().flat_map(|p| &p.lines).filter(|l| l.error.is_none()).chain(&failures));
-    let mut status = status::counts(&old, total, &tally);
+    let mut status = status::counts(old, total, &tally);
     if let Some(f) = status.failures.as_mut() {
         f.location = Some(store.failures_location());
     }
@@ -519,8 +560,7 @@ async fn halted(ctx: &Context, uid: &str) -> bool {
 /// Ends a batch whose results store cannot even be named.
 async fn finalize_without_store(batch: &SentimentBatch, ctx: &Context, phase: Phase, reason: &str, msg: &str) -> Result<Action, Error> {
     ctx.engine.halt(&batch.uid().unwrap_or_default()).await;
-    let status = batch.status.clone().unwrap_or_default();
-    end(batch, ctx, status, phase, reason, msg).await
+    end(batch, ctx, status_of(ctx, batch), phase, reason, msg).await
 }
 
 async fn end(
@@ -543,8 +583,13 @@ async fn end(
     if let (Some(started), Some(ended)) = (&status.started_at, &status.completed_at) {
         ctx.metrics.processing_time.with_label_values(&[priority]).observe(ended.0.duration_since(started.0).as_secs_f64().max(0.0));
     }
-    let kind = if phase == Phase::Succeeded { EventType::Normal } else { EventType::Warning };
-    publish(ctx, batch, kind, &format!("{phase:?}"), &format!("{reason}: {msg}")).await;
+    // A success within a batch's first status period is told by its status alone.
+    let unannounced = ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.").contains_key(&batch.uid().unwrap_or_default());
+    match phase {
+        Phase::Succeeded if unannounced => {}
+        Phase::Succeeded => publish(ctx, batch, EventType::Normal, "Succeeded", &format!("{reason}: {msg}")).await,
+        _ => publish(ctx, batch, EventType::Warning, &format!("{phase:?}"), &format!("{reason}: {msg}")).await,
+    }
     write_status(batch, ctx, status).await?;
     forget(ctx, &batch.uid().unwrap_or_default()).await;
     Ok(Action::await_change())

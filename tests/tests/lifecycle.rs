@@ -1,7 +1,8 @@
 //! Batches that behave like Kubernetes Jobs (#15): `kubectl wait` on Complete and
 //! Failed, deletion after `ttlSecondsAfterFinished`, suspend and resume, a batch of
 //! 100,000 texts that expires with most undone, results that cannot be written, a delete
-//! whose S3 results cannot be reached, and a source edited under a running batch.
+//! whose S3 results cannot be reached, a source edited under a running batch, and the
+//! part of a start no status records.
 //!
 //! Each test has its own namespace and operator, against the real control plane,
 //! inference servers and (where S3) moto's server.
@@ -10,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
 use kubesentiment_core::config::ObjectStores;
 use kubesentiment_core::crd::Phase;
-use kubesentiment_core::names::BATCH_UID_LABEL;
+use kubesentiment_core::names::{BATCH_UID_LABEL, RESULTS_KIND_LABEL};
 use kubesentiment_core::store::Store;
 use kubesentiment_tests::batches::{Env, LONG, condition, env, status};
 use kubesentiment_tests::stack::{Inference, S3, facade, operator, register};
@@ -256,4 +258,32 @@ async fn an_edited_source_fails_the_batch_rather_than_mix_results() {
     let b = env.phase("pinned", Phase::Failed).await;
     assert_eq!(status(&b).reason.as_deref(), Some("SourceChanged"), "{:#?}", b.status);
     assert!(condition(&b, "Failed").unwrap().message.contains("changed"));
+}
+
+/// An operator that dies within a small batch's first status period has put no start on
+/// record (its Running status is held back, #17): a part it committed is of texts nothing
+/// names, so the next operator deletes it and computes the batch afresh.
+#[tokio::test]
+async fn a_part_of_an_unrecorded_start_is_computed_again() {
+    let Some((env, _inf)) = with_inference("unrecorded").await else { return };
+    let b = env.create("small", json!({"texts": texts(10, "s")})).await.unwrap();
+    // What the dead operator left: half the batch, of other texts, and no status.
+    let stale: Vec<String> = (0..5).map(|index| json!({"index": index, "id": "stale", "error": "stale"}).to_string()).collect();
+    let part: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": "small-part-0000000-0000005",
+            "labels": {BATCH_UID_LABEL: b.uid().unwrap(), RESULTS_KIND_LABEL: "part"},
+            "ownerReferences": [b.controller_owner_ref(&()).unwrap()],
+        },
+        "data": {"results.jsonl": stale.join("\n")},
+    }))
+    .unwrap();
+    env.ns.api::<ConfigMap>().create(&PostParams::default(), &part).await.unwrap();
+    let _op = operator(env.cluster, &env.ns.name, &[], &[]).unwrap();
+    let b = env.phase("small", Phase::Succeeded).await;
+    assert_eq!(status(&b).failed_texts, 0, "{:#?}", b.status);
+    let lines = env.results(&b).await;
+    assert_eq!(lines.iter().map(|l| l["index"].as_u64().unwrap()).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert!(lines.iter().all(|l| l["id"] != "stale" && l["label"].is_string()), "{lines:?}");
+    assert!(env.ns.api::<ConfigMap>().get_opt("small-part-0000000-0000005").await.unwrap().is_none(), "the stale part is deleted");
 }
