@@ -386,7 +386,7 @@ pub async fn run(args: Args) -> Result<Report> {
             page_size: args.page_size,
         }),
         Via::Kube => {
-            let client = kube::Client::try_default().await.context("--via kube needs a kubeconfig (KUBECONFIG)")?;
+            let client = kubesentiment_core::client::infer().await.context("--via kube needs a kubeconfig (KUBECONFIG)")?;
             let run = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
             Target::Kube(Kube::new(client, args.namespace.clone(), run, ObjectStores::from_env(), inference.clone(), args.page_size))
         }

@@ -13,11 +13,13 @@
 //! - [`endpoints`]: inference endpoints from a Service's EndpointSlices.
 //! - [`config`]: the brief's `async_batch` settings, layered, and object-store settings.
 //! - [`cli`]: the startup and shutdown every binary shares.
+//! - [`client`]: the Kubernetes client, with `TCP_NODELAY` on its connections.
 //! - [`names`], [`backoff`], [`watch`]: names on the API server, the backoff policy, and
 //!   the loop that drives a watch stream.
 pub mod admission;
 pub mod backoff;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crd;
 pub mod endpoints;

@@ -312,6 +312,22 @@ impl Store {
         }
     }
 
+    /// The results of a batch written whole with its manifest ([`Store::write_part`]), read
+    /// with one GET; `None` when its results are parts of their own, or not written yet.
+    /// (A LIST costs the API server a wait until its cache is fresh, often 50–100 ms.)
+    pub async fn read_whole(&self) -> Result<Option<Part>, StoreError> {
+        let Store::ConfigMaps { api, base, uid, .. } = self else { return Ok(None) };
+        let entry = Entry::whole();
+        let Some(cm) = api.get_opt(&entry.configmap(base)).await? else { return Ok(None) };
+        let labels = cm.metadata.labels.as_ref();
+        let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        if label(KIND_LABEL) != Some(WHOLE_KIND) || label(BATCH_UID_LABEL) != Some(uid.as_str()) {
+            return Ok(None);
+        }
+        let body = cm.data.and_then(|mut d| d.remove(DATA_KEY)).unwrap_or_default();
+        parse_part(&self.location(&entry), WHOLE_STEM.into(), &body).map(Some)
+    }
+
     /// Every part committed so far, ordered by start, each index once.
     pub async fn read_parts(&self) -> Result<Vec<Part>, StoreError> {
         let mut parts = Vec::new();
@@ -381,6 +397,9 @@ impl Store {
     /// The committed lines with an index in `range`, in order and each index once,
     /// reading only the parts that can hold them.
     pub async fn read_range(&self, range: std::ops::Range<usize>) -> Result<Vec<ResultLine>, StoreError> {
+        if let Some(whole) = self.read_whole().await? {
+            return Ok(whole.lines.into_iter().filter(|l| range.contains(&l.index)).collect());
+        }
         let starts = self.part_names().await?;
         let mut lines = Vec::new();
         for (i, (start, name)) in starts.iter().enumerate() {

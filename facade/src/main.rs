@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures_util::TryStreamExt;
 use inference_api::client::HttpPredictor;
+use kube::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
 use kubesentiment_core::cli::{Common, shutdown_on_signal};
 use kubesentiment_core::config::ObjectStores;
 use kubesentiment_core::crd::SentimentBatch;
@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
     if !keys.enabled() {
         tracing::warn!("no API keys configured: every request is accepted");
     }
-    let client = Client::try_default().await.context("connecting to the Kubernetes API server")?;
+    let client = kubesentiment_core::client::infer().await.context("connecting to the Kubernetes API server")?;
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
 

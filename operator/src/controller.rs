@@ -529,7 +529,11 @@ async fn write_results(
     phase: Phase,
 ) -> Result<(SentimentBatchStatus, Tally), Error> {
     let total = old.total_texts.max(0) as usize;
-    let parts = store.read_parts().await?;
+    // A batch written whole is read with one GET rather than a LIST.
+    let parts = match store.read_whole().await? {
+        Some(whole) => vec![whole],
+        None => store.read_parts().await?,
+    };
     let mut failures: Vec<ResultLine> = parts.iter().flat_map(|p| &p.lines).filter(|l| l.error.is_some()).cloned().collect();
     if phase == Phase::Expired {
         let before = failures.len();

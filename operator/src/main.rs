@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     let stores = ObjectStores::from_env();
     let metrics = Metrics::new(&cfg);
     let kubeconfig = kube::Config::infer().await.context("finding the Kubernetes API server")?;
-    let client = kube::client::ClientBuilder::try_from(kubeconfig)
+    let client = kubesentiment_core::client::builder(kubeconfig)
         .context("connecting to the Kubernetes API server")?
         .with_layer(&metrics.api_layer())
         .build();
