@@ -1,5 +1,5 @@
-//! The inference endpoints as the engine sees them: each one's chunks in flight (at most
-//! `workers`), whether it is skipped for a while after failing to answer, whether it has
+//! The inference endpoints as the engine sees them: each one's chunks in flight (`workers`,
+//! and more while they are small), whether it is skipped for a while after failing to answer, whether it has
 //! left the Service, and its measured speed, from which chunk sizes follow.
 //!
 //! Pure state: time is passed in, nothing here does I/O.
@@ -14,6 +14,14 @@ const TARGET_CHUNK_SECONDS: f64 = 1.0;
 const MIN_CHUNK: usize = 8;
 /// The size of chunks sent before an endpoint's speed is known.
 pub const FIRST_CHUNK: usize = 64;
+/// Texts, per worker, below which an endpoint takes chunks beyond `workers`: small jobs'
+/// chunks (a 10-text job is one chunk of 10) then pile up until the inference server's
+/// batcher can fill its forward passes with them, while chunks of a second's work stay
+/// bounded by `workers`, so that what waits at an endpoint, ahead of a new high-priority
+/// chunk, is at most about a second per worker, plus one small chunk's.
+const SMALL_TEXTS_PER_WORKER: usize = FIRST_CHUNK;
+/// Most chunks in flight at an endpoint, per worker, however small.
+const MOST_CHUNKS_PER_WORKER: usize = 8;
 /// How long an endpoint that did not answer is skipped, by consecutive failures.
 const DEAD: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
@@ -31,7 +39,9 @@ struct Endpoint {
 
 impl Endpoint {
     fn open(&self, workers: usize, now: Instant) -> bool {
-        !self.gone && self.in_flight < workers && self.dead_until.is_none_or(|t| t <= now)
+        let room = self.in_flight < workers
+            || (self.in_flight < workers * MOST_CHUNKS_PER_WORKER && self.in_flight_texts < workers * SMALL_TEXTS_PER_WORKER);
+        !self.gone && room && self.dead_until.is_none_or(|t| t <= now)
     }
 }
 
@@ -41,7 +51,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool that gives each endpoint at most `workers` chunks at once.
+    /// A pool that gives each endpoint `workers` chunks at once, and more while the texts
+    /// in flight there are fewer than `workers` first chunks.
     pub fn new(workers: usize) -> Self {
         Pool { workers: workers.max(1), endpoints: HashMap::new() }
     }
@@ -178,12 +189,42 @@ mod tests {
         p.set(&urls(&["a", "b"]));
         let mut picked = Vec::new();
         while let Some((u, _)) = p.pick(t0, 100) {
-            p.take(&u, 10);
+            p.take(&u, 100);
             picked.push(u);
         }
-        assert_eq!(picked, ["a", "b", "a", "b"]);
-        p.release("b", 10, Some((10, Duration::from_millis(100))));
+        assert_eq!(picked, ["a", "b", "a", "b"], "chunks of 100 texts: `workers` at each endpoint");
+        p.release("b", 100, Some((100, Duration::from_millis(100))));
         assert_eq!(p.pick(t0, 1000).map(|(u, _)| u).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn small_chunks_pile_up_to_a_budget_of_texts() {
+        let t0 = Instant::now();
+        let fill = |p: &mut Pool, texts: usize| {
+            let mut n = 0;
+            while let Some((u, size)) = p.pick(t0, texts) {
+                p.take(&u, size);
+                n += 1;
+            }
+            n
+        };
+        let mut p = Pool::new(2);
+        p.set(&urls(&["a"]));
+        assert_eq!(fill(&mut p, 10), 13, "10-text chunks until 2 × 64 texts are in flight");
+        assert_eq!(p.in_flight_texts(), 130);
+        p.release("a", 10, Some((10, Duration::from_millis(50))));
+        assert_eq!(fill(&mut p, 10), 1, "one more once below the budget");
+        let mut p = Pool::new(2);
+        p.set(&urls(&["a"]));
+        assert_eq!(fill(&mut p, 1), 16, "however small, 8 chunks per worker");
+        // Large chunks after small ones: while below the budget, then none; the
+        // overshoot is one chunk.
+        let mut p = Pool::new(2);
+        p.set(&urls(&["a"]));
+        p.take("a", 10);
+        p.take("a", 10);
+        assert_eq!(fill(&mut p, 1000), 2);
+        assert_eq!(p.in_flight_texts(), 20 + 2 * FIRST_CHUNK);
     }
 
     #[test]

@@ -151,6 +151,12 @@ fn cfg() -> AsyncBatch {
     AsyncBatch { max_batch_size: 50, max_retries: 3, ..Default::default() }
 }
 
+/// Chunks of a first chunk's size (64 texts): `workers` of them fill an endpoint, as
+/// small chunks do not (`pool::SMALL_TEXTS_PER_WORKER`).
+fn full_chunks(workers: usize) -> AsyncBatch {
+    AsyncBatch { workers, max_batch_size: pool::FIRST_CHUNK, ..cfg() }
+}
+
 fn items(texts: impl IntoIterator<Item = String>) -> Arc<dyn TextSource> {
     Arc::new(Packed::from(texts.into_iter().map(|text| Item { id: None, text }).collect::<Vec<_>>()))
 }
@@ -400,7 +406,7 @@ async fn a_store_that_keeps_failing_fails_the_batch() {
 /// A suspended batch sends nothing new; its chunks in flight finish and are committed.
 #[tokio::test(start_paused = true)]
 async fn a_suspended_batch_finishes_what_is_in_flight_and_sends_nothing_more() {
-    let (h, pool, gate, sink) = hanging(AsyncBatch { max_batch_size: 10, ..cfg() }).await;
+    let (h, pool, gate, sink) = hanging(full_chunks(2)).await;
     h.engine.suspend("job").await;
     let p = h.engine.progress("job").await.unwrap();
     assert!(p.suspended && p.in_flight == 2 && !p.done, "{p:?}");
@@ -408,19 +414,19 @@ async fn a_suspended_batch_finishes_what_is_in_flight_and_sends_nothing_more() {
     loop {
         let p = h.engine.progress("job").await.unwrap();
         if p.in_flight == 0 {
-            assert_eq!(p.tally.done(), 20, "the two chunks in flight were committed");
+            assert_eq!(p.tally.done(), 2 * pool::FIRST_CHUNK, "the two chunks in flight were committed");
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!((pool.calls().len(), sink.indices().len()), (2, 20), "nothing more was sent");
+    assert_eq!((pool.calls().len(), sink.indices().len()), (2, 2 * pool::FIRST_CHUNK), "nothing more was sent");
     h.shut_down().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_removed_batch_stops_its_chunks_in_flight() {
-    let (h, pool, gate, sink) = hanging(cfg()).await;
+    let (h, pool, gate, sink) = hanging(full_chunks(2)).await;
     h.engine.remove("job").await;
     assert!(h.engine.progress("job").await.is_none());
     gate.send_replace(true);
@@ -434,14 +440,14 @@ async fn a_removed_batch_stops_its_chunks_in_flight() {
 async fn a_batch_past_its_deadline_expires_and_commits_nothing_more() {
     let (mut pool, _gate) = FakePool::new();
     Arc::get_mut(&mut pool).unwrap().delay = Duration::from_secs(1);
-    let mut h = harness(AsyncBatch { workers: 1, max_batch_size: 10, ..cfg() }, pool.clone(), &["http://a"]);
+    let mut h = harness(full_chunks(1), pool.clone(), &["http://a"]);
     let sink = Arc::new(FakeSink::default());
     h.start("job", items(distinct(1000)), sink.clone(), Duration::from_millis(3500)).await;
     let p = h.settle("job").await;
     assert!(p.expired && !p.done, "{p:?}");
     assert_eq!(h.notified.recv().await.map(|o| o.name), Some("job".to_string()), "the controller is asked to reconcile");
     let committed = sink.indices().len();
-    assert!((20..=40).contains(&committed), "about three chunks of 10 in 3.5 s: {committed}");
+    assert!((128..=256).contains(&committed), "about three chunks of 64 in 3.5 s: {committed}");
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(sink.indices().len(), committed, "nothing after the deadline");
     let p = h.engine.progress("job").await.unwrap();
@@ -478,9 +484,9 @@ async fn a_model_other_than_the_batch_asks_for_fails_it() {
 #[tokio::test(start_paused = true)]
 async fn new_endpoints_get_work_as_they_appear() {
     let (pool, _gate) = FakePool::new();
-    let h = harness(AsyncBatch { workers: 1, max_batch_size: 10, ..cfg() }, pool.clone(), &[]);
+    let h = harness(full_chunks(1), pool.clone(), &[]);
     let sink = Arc::new(FakeSink::default());
-    h.start("job", items(distinct(300)), sink.clone(), Duration::from_secs(600)).await;
+    h.start("job", items(distinct(3000)), sink.clone(), Duration::from_secs(600)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(pool.calls().is_empty(), "no endpoint, no dispatch");
     h.endpoints.send_replace(vec!["http://a".into()]);
@@ -488,7 +494,7 @@ async fn new_endpoints_get_work_as_they_appear() {
     h.endpoints.send_replace(vec!["http://a".into(), "http://b".into()]);
     let p = h.settle("job").await;
     assert!(p.done);
-    exactly_once(&sink, 300);
+    exactly_once(&sink, 3000);
     assert!(pool.calls().iter().any(|(e, _)| e == "http://b"), "the new endpoint was used");
     h.shut_down().await;
 }
@@ -528,7 +534,7 @@ async fn shutdown_drains_every_task() {
 /// hanging on its endpoint is abandoned at once and commits nothing.
 #[tokio::test(start_paused = true)]
 async fn a_halted_batch_reports_its_chunks_until_they_return_and_commits_nothing() {
-    let (h, pool, gate, sink) = hanging(AsyncBatch { max_batch_size: 10, ..cfg() }).await;
+    let (h, pool, gate, sink) = hanging(full_chunks(2)).await;
     assert_eq!(h.engine.progress("job").await.unwrap().in_flight, 2);
     h.engine.halt("job").await;
     tokio::time::sleep(Duration::from_millis(1)).await;
