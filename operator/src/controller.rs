@@ -6,7 +6,7 @@
 //! from the results store, and what it is doing is asked of the [`Engine`]. A restarted
 //! operator therefore resumes every Running batch from its committed parts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,10 +55,6 @@ const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration
 const FINAL_ATTEMPTS: u32 = 5;
 /// How long a namespace's weight is trusted before it is read again.
 const WEIGHT_REFRESH: Duration = Duration::from_secs(60);
-/// A batch created later than this after this replica began to lead can have run under no
-/// other replica: the last leader's lease had lapsed by then, or it had handed over (the
-/// margin covers clocks that differ between the API server and this replica).
-const LED_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -101,8 +97,9 @@ pub struct Context {
     progress_written: Mutex<HashMap<String, Instant>>,
     /// Batches started here from Pending that have not yet run for a status period.
     fresh: Mutex<HashMap<String, Fresh>>,
-    /// When this replica began to lead.
-    led_since: Timestamp,
+    /// The UIDs of the batches that existed when this replica began to lead: only these
+    /// can have run under another replica (one that leads no more).
+    older: HashSet<String>,
 }
 
 /// A batch started here from Pending, until it has run for a status period (#17). Its
@@ -116,7 +113,16 @@ struct Fresh {
 }
 
 impl Context {
-    pub fn new(client: Client, engine: Engine, cfg: AsyncBatch, stores: ObjectStores, metrics: Metrics, instance: String) -> Self {
+    /// `older`: the UIDs of the batches there were when this replica began to lead.
+    pub fn new(
+        client: Client,
+        engine: Engine,
+        cfg: AsyncBatch,
+        stores: ObjectStores,
+        metrics: Metrics,
+        instance: String,
+        older: HashSet<String>,
+    ) -> Self {
         Context {
             recorder: recorder(&client, instance),
             client,
@@ -130,7 +136,7 @@ impl Context {
             weights: Mutex::default(),
             progress_written: Mutex::default(),
             fresh: Mutex::default(),
-            led_since: Timestamp::now(),
+            older,
         }
     }
 }
@@ -415,11 +421,11 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
         return finalize(batch, ctx, &store, Phase::Failed, "SourceChanged", &msg).await;
     }
     // A batch never started (no startedAt on record) that only this replica can have run
-    // has no parts: nothing to list. One another replica may have started has parts only
-    // if that replica died or handed over within the batch's first status period, before
-    // it put the source's pin on record: nothing says which texts those are of, so they
-    // go and the batch starts over.
-    let may_have_run = batch.metadata.creation_timestamp.as_ref().is_none_or(|t| t.0 < ctx.led_since + LED_MARGIN);
+    // (created since it leads) has no parts: nothing to list. One an earlier leader may
+    // have started has parts only if that leader died or handed over within the batch's
+    // first status period, before it put the source's pin on record: nothing says which
+    // texts those are of, so they go and the batch starts over.
+    let may_have_run = ctx.older.contains(&uid);
     let parts = match (old.started_at.is_some(), may_have_run) {
         (true, _) => store.read_parts().await?,
         (false, false) => Vec::new(),

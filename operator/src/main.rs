@@ -185,7 +185,10 @@ impl Operator {
             tasks.spawn(autoscaler::run(scaler, stop.clone()));
         }
         let client_for_fence = client.clone();
-        let mut ctx = Context::new(client, engine, cfg, stores, metrics, identity.clone());
+        // Every batch there is now: any other is created while this replica leads.
+        let older = batches.list_metadata(&Default::default()).await.context("listing SentimentBatches")?;
+        let older = older.items.into_iter().filter_map(|b| b.metadata.uid).collect();
+        let mut ctx = Context::new(client, engine, cfg, stores, metrics, identity.clone(), older);
         ctx.capacity = capacity;
         ctx.callbacks = notify::Policy { allow: cli.callback_allow.clone(), max_attempts: cli.callback_max_attempts };
         tasks.spawn(controller::run(Arc::new(ctx), batches, notify_rx, stop.clone()));
