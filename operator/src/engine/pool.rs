@@ -22,6 +22,10 @@ pub const FIRST_CHUNK: usize = 64;
 const SMALL_TEXTS_PER_WORKER: usize = FIRST_CHUNK;
 /// Most chunks in flight at an endpoint, per worker, however small.
 const MOST_CHUNKS_PER_WORKER: usize = 8;
+/// How long after failing to answer an endpoint gets only `workers` chunks: when a text
+/// crashes its server, every chunk in flight there is lost with it and pays an attempt,
+/// so while halving isolates that text, few others should share its endpoint.
+const CALM: Duration = Duration::from_secs(10);
 /// How long an endpoint that did not answer is skipped, by consecutive failures.
 const DEAD: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
@@ -32,6 +36,8 @@ struct Endpoint {
     /// Skipped until then after failing to answer.
     dead_until: Option<Instant>,
     failures: u32,
+    /// When it last failed to answer.
+    failed_at: Option<Instant>,
     /// No longer in the Service: it finishes its chunks in flight and gets no new ones.
     gone: bool,
     secs_per_text: Option<f64>,
@@ -39,8 +45,9 @@ struct Endpoint {
 
 impl Endpoint {
     fn open(&self, workers: usize, now: Instant) -> bool {
+        let calm = self.failed_at.is_none_or(|t| now.saturating_duration_since(t) >= CALM);
         let room = self.in_flight < workers
-            || (self.in_flight < workers * MOST_CHUNKS_PER_WORKER && self.in_flight_texts < workers * SMALL_TEXTS_PER_WORKER);
+            || (calm && self.in_flight < workers * MOST_CHUNKS_PER_WORKER && self.in_flight_texts < workers * SMALL_TEXTS_PER_WORKER);
         !self.gone && room && self.dead_until.is_none_or(|t| t <= now)
     }
 }
@@ -125,6 +132,7 @@ impl Pool {
         if let Some(e) = self.endpoints.get_mut(url) {
             e.dead_until = Some(now + DEAD.delay(e.failures));
             e.failures += 1;
+            e.failed_at = Some(now);
         }
     }
 
@@ -200,31 +208,41 @@ mod tests {
     #[test]
     fn small_chunks_pile_up_to_a_budget_of_texts() {
         let t0 = Instant::now();
-        let fill = |p: &mut Pool, texts: usize| {
+        // Chunks of at most `texts` taken at `at` until the endpoint is full.
+        let fill = |p: &mut Pool, at: Instant, texts: usize| {
             let mut n = 0;
-            while let Some((u, size)) = p.pick(t0, texts) {
+            while let Some((u, size)) = p.pick(at, texts) {
                 p.take(&u, size);
                 n += 1;
             }
             n
         };
-        let mut p = Pool::new(2);
-        p.set(&urls(&["a"]));
-        assert_eq!(fill(&mut p, 10), 13, "10-text chunks until 2 × 64 texts are in flight");
+        let fresh = || {
+            let mut p = Pool::new(2);
+            p.set(&urls(&["a"]));
+            p
+        };
+        let mut p = fresh();
+        assert_eq!(fill(&mut p, t0, 10), 13, "10-text chunks until 2 × 64 texts are in flight");
         assert_eq!(p.in_flight_texts(), 130);
         p.release("a", 10, Some((10, Duration::from_millis(50))));
-        assert_eq!(fill(&mut p, 10), 1, "one more once below the budget");
-        let mut p = Pool::new(2);
-        p.set(&urls(&["a"]));
-        assert_eq!(fill(&mut p, 1), 16, "however small, 8 chunks per worker");
+        assert_eq!(fill(&mut p, t0, 10), 1, "one more once below the budget");
+        assert_eq!(fill(&mut fresh(), t0, 1), 16, "however small, 8 chunks per worker");
         // Large chunks after small ones: while below the budget, then none; the
         // overshoot is one chunk.
-        let mut p = Pool::new(2);
-        p.set(&urls(&["a"]));
+        let mut p = fresh();
         p.take("a", 10);
         p.take("a", 10);
-        assert_eq!(fill(&mut p, 1000), 2);
+        assert_eq!(fill(&mut p, t0, 1000), 2);
         assert_eq!(p.in_flight_texts(), 20 + 2 * FIRST_CHUNK);
+        // An endpoint that failed to answer gets `workers` chunks for a while.
+        let mut p = fresh();
+        p.unreachable("a", t0);
+        assert_eq!(fill(&mut p, t0 + Duration::from_secs(1), 10), 2, "within CALM of a failure");
+        for _ in 0..2 {
+            p.release("a", 10, Some((10, Duration::from_millis(5))));
+        }
+        assert_eq!(fill(&mut p, t0 + CALM, 10), 13, "calm again");
     }
 
     #[test]
