@@ -39,6 +39,8 @@ async fn up_registers_restarts_and_down_cleans_up() {
     }
     let state = std::env::temp_dir().join(format!("ks-stack-{}", std::process::id()));
     let up = script("up.sh", &state).output().unwrap();
+    // A failed assertion below still takes the stack down.
+    let _down = TakeDown(state.clone());
     assert!(up.status.success(), "up.sh failed: {}", String::from_utf8_lossy(&up.stderr));
     let env = read(&state.join("env"));
     let var = |name: &str| {
@@ -91,7 +93,10 @@ async fn up_registers_restarts_and_down_cleans_up() {
     assert_eq!(location, "configmap://default/brief-results");
     let manifest = kubectl(&["get", "configmap", "brief-results", "-o", "jsonpath={.data.manifest\\.json}"]);
     assert!(manifest.contains("\"totalTexts\": 3"), "{manifest}");
-    let part = kubectl(&["get", "configmap", "brief-part-0000000-0000003", "-o", "jsonpath={.data.results\\.jsonl}"]);
+    // A batch of one chunk has its one part in its manifest's ConfigMap (#17).
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(manifest["parts"][0]["location"], "configmap://default/brief-results", "{manifest}");
+    let part = kubectl(&["get", "configmap", "brief-results", "-o", "jsonpath={.data.results\\.jsonl}"]);
     let labels: Vec<_> = part.lines().map(|l| l.split("\"label\":\"").nth(1).unwrap().split('"').next().unwrap()).collect();
     assert_eq!(labels, ["POSITIVE", "NEGATIVE", "NEUTRAL"]);
 
@@ -113,6 +118,18 @@ async fn up_registers_restarts_and_down_cleans_up() {
         assert!(!alive(pid), "pid {pid} survived down.sh");
     }
     std::fs::remove_dir_all(&state).unwrap();
+}
+
+/// Runs `down.sh` on the stack in this state directory when dropped (a second run, after
+/// the test's own, finds nothing to stop).
+struct TakeDown(PathBuf);
+
+impl Drop for TakeDown {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = script("down.sh", &self.0).output();
+        }
+    }
 }
 
 /// Status code of a GET (by curl, as a user would), or 0 when nothing answers.
