@@ -253,6 +253,7 @@ pub async fn submit(
     };
     let mut status = rest::status_of(&job);
     status.total_texts = total;
+    f.jobs.created(job);
     let resp = BatchJobResponse::of(status, ((ahead + total) as f64 / tps).ceil() as i64);
     let location =
         HeaderValue::from_str(&format!("/api/v1/batch/status/{}", resp.job_id)).expect("a resource name is a valid header. This is a bug.");

@@ -86,32 +86,61 @@ pub struct Facade {
 
 /// The watch caches of jobs, one per namespace the tenants use: a namespaced watch needs
 /// only a Role in that namespace, where one watch over every namespace would need a
-/// ClusterRole.
+/// ClusterRole. Jobs this replica created that its watch has not delivered yet are kept
+/// aside for a while, so that the status poll right after a submit is answered here
+/// rather than by a GET to the API server (which, under load, was the slow tail of
+/// status: #17).
 #[derive(Clone, Default)]
-pub struct Jobs(Arc<std::collections::BTreeMap<String, reflector::Store<SentimentBatch>>>);
+pub struct Jobs {
+    caches: Arc<std::collections::BTreeMap<String, reflector::Store<SentimentBatch>>>,
+    created:
+        Arc<std::sync::Mutex<std::collections::HashMap<reflector::ObjectRef<SentimentBatch>, (std::time::Instant, Arc<SentimentBatch>)>>>,
+}
+
+/// How long a job this replica created is kept aside for its watch to deliver it.
+const CREATED_KEPT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Jobs {
     pub fn new(caches: impl IntoIterator<Item = (String, reflector::Store<SentimentBatch>)>) -> Jobs {
-        Jobs(Arc::new(caches.into_iter().collect()))
+        Jobs { caches: Arc::new(caches.into_iter().collect()), created: Arc::default() }
     }
 
     pub fn get(&self, key: &reflector::ObjectRef<SentimentBatch>) -> Option<Arc<SentimentBatch>> {
-        self.0.get(key.namespace.as_deref()?)?.get(key)
+        let cached = self.caches.get(key.namespace.as_deref()?)?.get(key);
+        let mut created = self.created.lock().expect("the lock is never poisoned. This is a bug.");
+        match cached {
+            // Delivered: from now on the watch alone says what became of it (deleted too).
+            Some(job) => {
+                created.remove(key);
+                Some(job)
+            }
+            None => created.get(key).filter(|(at, _)| at.elapsed() < CREATED_KEPT).map(|(_, job)| job.clone()),
+        }
+    }
+
+    /// Keeps `job`, just created here, until the watch delivers it (without its texts, as
+    /// the watch caches keep jobs), for at most `CREATED_KEPT`.
+    pub fn created(&self, mut job: SentimentBatch) {
+        kubesentiment_core::status::strip_texts(&mut job);
+        let key = reflector::ObjectRef::from(&job);
+        let mut created = self.created.lock().expect("the lock is never poisoned. This is a bug.");
+        created.retain(|_, (at, _)| at.elapsed() < CREATED_KEPT);
+        created.insert(key, (std::time::Instant::now(), Arc::new(job)));
     }
 
     /// Every cached job of `namespace`.
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<SentimentBatch>> {
-        self.0.get(namespace).map(|c| c.state()).unwrap_or_default()
+        self.caches.get(namespace).map(|c| c.state()).unwrap_or_default()
     }
 
     /// Every cached job.
     pub fn state(&self) -> Vec<Arc<SentimentBatch>> {
-        self.0.values().flat_map(|c| c.state()).collect()
+        self.caches.values().flat_map(|c| c.state()).collect()
     }
 
     /// Whether every cache holds its first full list (false if one's writer went away).
     pub async fn wait_until_ready(&self) -> bool {
-        for cache in self.0.values() {
+        for cache in self.caches.values() {
             if cache.wait_until_ready().await.is_err() {
                 return false;
             }
@@ -224,6 +253,28 @@ async fn record(State(f): State<Arc<Facade>>, req: Request, next: Next) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job created here is found before its watch delivers it; once delivered, the
+    /// watch alone answers, so a deleted job is gone (not "pending" from the aside copy).
+    #[test]
+    fn a_created_job_is_found_until_its_watch_has_it() {
+        let (reader, mut writer) = reflector::store::<SentimentBatch>();
+        let jobs = Jobs::new([("ns".to_string(), reader)]);
+        let job: SentimentBatch = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubesentiment.io/v1alpha1", "kind": "SentimentBatch",
+            "metadata": {"name": "j", "namespace": "ns", "uid": "u"}, "spec": {"texts": ["a", "b"]},
+        }))
+        .unwrap();
+        let key = reflector::ObjectRef::from(&job);
+        assert!(jobs.get(&key).is_none());
+        jobs.created(job.clone());
+        let aside = jobs.get(&key).expect("kept aside");
+        assert!(aside.spec.texts.is_none(), "without its texts, as the watch caches keep jobs");
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(job.clone()));
+        assert!(jobs.get(&key).is_some());
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Delete(job));
+        assert!(jobs.get(&key).is_none(), "deleted after its watch had it");
+    }
 
     /// The served document carries the configured limits, not the types' defaults.
     #[test]
