@@ -93,12 +93,14 @@ pub struct Facade {
 #[derive(Clone, Default)]
 pub struct Jobs {
     caches: Arc<std::collections::BTreeMap<String, reflector::Store<SentimentBatch>>>,
-    created:
-        Arc<std::sync::Mutex<std::collections::HashMap<reflector::ObjectRef<SentimentBatch>, (std::time::Instant, Arc<SentimentBatch>)>>>,
+    created: Arc<std::sync::Mutex<Created>>,
 }
 
+/// Jobs created here that the watch has not delivered yet, with when each was created.
+type Created = std::collections::HashMap<reflector::ObjectRef<SentimentBatch>, (Instant, Arc<SentimentBatch>)>;
+
 /// How long a job this replica created is kept aside for its watch to deliver it.
-const CREATED_KEPT: std::time::Duration = std::time::Duration::from_secs(10);
+const CREATED_KEPT: Duration = Duration::from_secs(10);
 
 impl Jobs {
     pub fn new(caches: impl IntoIterator<Item = (String, reflector::Store<SentimentBatch>)>) -> Jobs {
@@ -125,7 +127,7 @@ impl Jobs {
         let key = reflector::ObjectRef::from(&job);
         let mut created = self.created.lock().expect("the lock is never poisoned. This is a bug.");
         created.retain(|_, (at, _)| at.elapsed() < CREATED_KEPT);
-        created.insert(key, (std::time::Instant::now(), Arc::new(job)));
+        created.insert(key, (Instant::now(), Arc::new(job)));
     }
 
     /// Every cached job of `namespace`.
