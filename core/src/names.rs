@@ -9,7 +9,8 @@ pub const FINALIZER: &str = "kubesentiment.io/cleanup";
 
 /// Label on every result ConfigMap: the UID of its batch.
 pub const BATCH_UID_LABEL: &str = "kubesentiment.io/batch-uid";
-/// Label on every result ConfigMap: what it holds (`part`, `failures`, `manifest`).
+/// Label on every result ConfigMap: what it holds (`part`, `failures`, `manifest`, or
+/// `manifest-part`: a manifest with its only part).
 pub const RESULTS_KIND_LABEL: &str = "kubesentiment.io/results";
 /// Label on an input ConfigMap: the job it holds texts for.
 pub const JOB_LABEL: &str = "kubesentiment.io/job";
