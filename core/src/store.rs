@@ -156,7 +156,8 @@ pub enum Store {
         uid: String,
         owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
         /// The batch's texts, once known ([`Store::of_texts`]): a part of all of them
-        /// without failures is then written with its manifest, one write instead of two.
+        /// without failures is then written with its manifest, one write instead of two,
+        /// and a batch too large for one part is not looked for there ([`Store::read_whole`]).
         total: Option<usize>,
     },
     /// `root` is the URL of the store's top (`s3://bucket`, `file://`).
@@ -314,9 +315,14 @@ impl Store {
 
     /// The results of a batch written whole with its manifest ([`Store::write_part`]), read
     /// with one GET; `None` when its results are parts of their own, or not written yet.
-    /// (A LIST costs the API server a wait until its cache is fresh, often 50–100 ms.)
+    /// (A LIST costs the API server a wait until its cache is fresh, often 50–100 ms.) A
+    /// store that knows its batch cannot be one part reads nothing: a large batch's
+    /// manifest is not fetched on every page of its results.
     pub async fn read_whole(&self) -> Result<Option<Part>, StoreError> {
-        let Store::ConfigMaps { api, base, uid, .. } = self else { return Ok(None) };
+        let Store::ConfigMaps { api, base, uid, total, .. } = self else { return Ok(None) };
+        if total.is_some_and(|t| t == 0 || t > MAX_CONFIGMAP_PART_TEXTS) {
+            return Ok(None);
+        }
         let entry = Entry::whole();
         let Some(cm) = api.get_opt(&entry.configmap(base)).await? else { return Ok(None) };
         let labels = cm.metadata.labels.as_ref();

@@ -321,7 +321,7 @@ pub async fn results(
     let mut lines = if range.is_empty() || job.phase() == Phase::Pending {
         Vec::new()
     } else {
-        let store = Store::for_batch(&f.client, &job, &f.stores)?;
+        let store = Store::for_batch(&f.client, &job, &f.stores)?.of_texts(total);
         let mut lines = store.read_range(range.clone()).await?;
         if job.phase() == Phase::Expired && lines.len() < range.len() {
             // Texts unfinished at expiry are only in the failures list.

@@ -536,7 +536,7 @@ async fn write_results(
 ) -> Result<(SentimentBatchStatus, Tally), Error> {
     let total = old.total_texts.max(0) as usize;
     // A batch written whole is read with one GET rather than a LIST.
-    let parts = match store.read_whole().await? {
+    let parts = match store.clone().of_texts(total).read_whole().await? {
         Some(whole) => vec![whole],
         None => store.read_parts().await?,
     };

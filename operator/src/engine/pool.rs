@@ -1,6 +1,7 @@
 //! The inference endpoints as the engine sees them: each one's chunks in flight (`workers`,
-//! and more while they are small), whether it is skipped for a while after failing to answer, whether it has
-//! left the Service, and its measured speed, from which chunk sizes follow.
+//! and more while they are small), whether it is skipped for a while after failing to
+//! answer, whether it has left the Service, and its measured speed, from which chunk
+//! sizes follow.
 //!
 //! Pure state: time is passed in, nothing here does I/O.
 
