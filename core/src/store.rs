@@ -289,10 +289,11 @@ impl Store {
         Ok(())
     }
 
-    /// Writes one part, replacing any earlier write of the same range. A part of every
-    /// text of a batch stored in ConfigMaps, none failed, is its whole result: it is
-    /// written with its manifest, in the manifest's ConfigMap.
-    pub async fn write_part(&self, part: &Part) -> Result<(), StoreError> {
+    /// Writes one part, replacing any earlier write of the same range; returns the stem
+    /// it is stored under (as [`Store::read_parts`] would name it). A part of every text
+    /// of a batch stored in ConfigMaps, none failed, is its whole result: it is written
+    /// with its manifest, in the manifest's ConfigMap.
+    pub async fn write_part(&self, part: &Part) -> Result<String, StoreError> {
         let body = to_jsonl(&part.lines);
         match self {
             Store::ConfigMaps { total: Some(total), .. }
@@ -307,9 +308,13 @@ impl Store {
                     failure_shards: Vec::new(),
                     failed_texts: 0,
                 };
-                self.put_data(&entry, [(MANIFEST_KEY, pretty(&manifest)), (DATA_KEY, body)].into()).await
+                self.put_data(&entry, [(MANIFEST_KEY, pretty(&manifest)), (DATA_KEY, body)].into()).await?;
+                Ok(WHOLE_STEM.into())
             }
-            _ => self.put(&Entry::part(&part.stem), body).await,
+            _ => {
+                self.put(&Entry::part(&part.stem), body).await?;
+                Ok(part.stem.clone())
+            }
         }
     }
 

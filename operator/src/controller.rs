@@ -26,13 +26,13 @@ use kubesentiment_core::config::{AsyncBatch, ObjectStores};
 use kubesentiment_core::crd::{Notification, NotificationState, Phase, SentimentBatch, SentimentBatchStatus};
 use kubesentiment_core::names::{FINALIZER, MANAGER, RETRY_FAILED, TENANT_LABEL, WEIGHT_ANNOTATION};
 use kubesentiment_core::status::{self, QUEUED, Tally};
-use kubesentiment_core::store::{self, ResultLine, Store, StoreError};
+use kubesentiment_core::store::{self, Part, ResultLine, Store, StoreError};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::autoscaler::Capacity;
-use crate::engine::{Engine, JobStart};
+use crate::engine::{BoxError, Engine, JobStart, ResultSink};
 use crate::metrics::Metrics;
 use crate::notify::{self, Outcome};
 use crate::scheduler::Tenant;
@@ -40,6 +40,10 @@ use crate::source;
 
 /// How often a Running batch's status is refreshed: at most one write per second each.
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
+/// How long a small batch (see [`Small`]) runs before its Running status is written,
+/// unless it waits for capacity: a batch of one chunk has no progress to show between
+/// none and all, so a Running write says only that it was admitted.
+const QUIET: Duration = Duration::from_secs(5);
 /// Batches reconciled at once. A starting batch briefly holds its spec and texts twice
 /// (as read and as packed): this bounds that to a few dozen batches, not every batch
 /// created at once.
@@ -102,14 +106,38 @@ pub struct Context {
     older: HashSet<String>,
 }
 
-/// A batch started here from Pending, until it has run for a status period (#17). Its
-/// `Started` Event waits until then, and a batch of at most one chunk's texts holds back
-/// its Running status too: one that ends within the period costs its final status and no
-/// Event (a failure still has its Warning).
+/// A batch started here from Pending, until it has run for a status period (#17), or to
+/// its end if it is small. Its `Started` Event waits until then.
 struct Fresh {
     at: Instant,
+    small: Option<Small>,
+}
+
+/// A batch of at most one chunk's texts started here from Pending (#17): it holds back
+/// its Running status for [`QUIET`], has no Normal Event (a failure still has its
+/// Warning), and keeps the parts its chunks commit, so that its end reads nothing back.
+/// One that ends within `QUIET` costs its results and its final status, and one read.
+struct Small {
     /// The Running status (with `startedAt` and the source's pin) not written yet.
     unwritten: Option<SentimentBatchStatus>,
+    /// Every part committed to its store: this replica's, since nothing of the batch can
+    /// have been committed before it started (see `start`).
+    parts: Arc<Mutex<Vec<Part>>>,
+}
+
+/// A small batch's store, keeping a copy of each part it commits.
+struct Keeping {
+    store: Store,
+    parts: Arc<Mutex<Vec<Part>>>,
+}
+
+#[async_trait::async_trait]
+impl ResultSink for Keeping {
+    async fn commit(&self, part: &Part) -> Result<(), BoxError> {
+        let stem = self.store.write_part(part).await?;
+        self.parts.lock().expect("the lock is never poisoned. This is a bug.").push(Part { stem, ..part.clone() });
+        Ok(())
+    }
 }
 
 impl Context {
@@ -194,12 +222,25 @@ async fn forget(ctx: &Context, uid: &str) {
 }
 
 /// The batch's status as this replica last made it: the Running status it holds back
-/// (see [`Fresh`]), else the one on record.
+/// (see [`Small`]), else the one on record.
 fn status_of(ctx: &Context, batch: &SentimentBatch) -> SentimentBatchStatus {
-    let uid = batch.uid().unwrap_or_default();
-    let held = ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.").get(&uid).and_then(|f| f.unwritten.clone());
-    held.filter(|_| batch.status.as_ref().is_none_or(|s| s.started_at.is_none()))
+    held(ctx, &batch.uid().unwrap_or_default())
+        .filter(|_| batch.status.as_ref().is_none_or(|s| s.started_at.is_none()))
         .unwrap_or_else(|| batch.status.clone().unwrap_or_default())
+}
+
+/// The Running status a small batch holds back, while it does.
+fn held(ctx: &Context, uid: &str) -> Option<SentimentBatchStatus> {
+    let fresh = ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.");
+    fresh.get(uid)?.small.as_ref()?.unwritten.clone()
+}
+
+/// The parts a small batch has committed, if it is one.
+fn kept_parts(ctx: &Context, uid: &str) -> Option<Vec<Part>> {
+    let fresh = ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.");
+    let mut parts = fresh.get(uid)?.small.as_ref()?.parts.lock().expect("the lock is never poisoned. This is a bug.").clone();
+    parts.sort_by_key(|p| p.start);
+    Some(store::one_per_index(parts))
 }
 
 fn error_policy(batch: Arc<SentimentBatch>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -267,6 +308,14 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     if let Some(since) = since_write.filter(|s| *s < STATUS_PERIOD) {
         return Ok(Action::requeue(STATUS_PERIOD - since));
     }
+    // A small batch's Running waits QUIET, unless it waits for capacity.
+    let quiet = {
+        let fresh = ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.");
+        fresh.get(&uid).is_some_and(|f| f.small.as_ref().is_some_and(|s| s.unwritten.is_some()) && f.at.elapsed() < QUIET)
+    };
+    if quiet && !progress.waiting_for_capacity {
+        return Ok(Action::requeue(every));
+    }
     let left = progress.total.saturating_sub(progress.tally.done());
     // Waiting for pods, the estimate counts the scale-up (when this operator scales).
     let eta = if progress.waiting_for_capacity { ctx.capacity.eta_from_zero(left) } else { progress.eta_seconds };
@@ -282,10 +331,14 @@ async fn apply(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error> {
     write_status(batch, ctx, status).await?;
     let started = {
         let mut fresh = ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.");
-        let due = fresh.get_mut(&uid).is_some_and(|f| {
-            f.unwritten = None;
-            f.at.elapsed() >= STATUS_PERIOD
-        });
+        let due = match fresh.get_mut(&uid) {
+            Some(Fresh { small: Some(small), .. }) => {
+                small.unwritten = None;
+                false
+            }
+            Some(f) => f.at.elapsed() >= STATUS_PERIOD,
+            None => false,
+        };
         due && fresh.remove(&uid).is_some()
     };
     if started {
@@ -455,16 +508,21 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
     let running = status::running(batch, counts.clone(), store.manifest_location());
     // Running (startedAt, the source's pin) is on record before any chunk can commit a
     // part; but for a batch of one chunk's texts starting from Pending, whose parts the
-    // paragraph above deletes after a crash, it waits a status period (`Fresh`).
-    let fresh = batch.phase() == Phase::Pending;
-    let unwritten = if fresh && total <= max_batch {
-        Some(running)
+    // paragraph above deletes after a crash, it is held back (`Small`).
+    let pending = batch.phase() == Phase::Pending;
+    let small = if pending && total <= max_batch {
+        Some(Small { unwritten: Some(running), parts: Arc::default() })
     } else {
         write_status(batch, ctx, running).await?;
         None
     };
-    if fresh {
-        ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.").insert(uid.clone(), Fresh { at: Instant::now(), unwritten });
+    let store = store.of_texts(total);
+    let sink: Arc<dyn ResultSink> = match &small {
+        Some(s) => Arc::new(Keeping { store: store.clone(), parts: s.parts.clone() }),
+        None => Arc::new(store),
+    };
+    if pending {
+        ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.").insert(uid.clone(), Fresh { at: Instant::now(), small });
     }
     ctx.engine
         .start_job(JobStart {
@@ -473,7 +531,7 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
             texts,
             remaining: store::remaining(total, &parts),
             committed,
-            sink: Arc::new(store.of_texts(total)),
+            sink,
             max_batch,
             model: batch.spec.model.clone(),
             deadline,
@@ -491,7 +549,9 @@ async fn start(batch: &SentimentBatch, ctx: &Context, store: Store, deadline: In
 ///
 /// It reads the batch afresh first: the controller's cache may not hold yet the status
 /// this operator wrote moments before (the total, the start time), and another reconcile
-/// may have ended the batch meanwhile.
+/// may have ended the batch meanwhile. A small batch still holding back its Running
+/// status had nothing written since `start` read it, and it ends from the parts it kept:
+/// it reads nothing.
 ///
 /// Its work stops at once; the engine forgets the batch only once the end is written, so
 /// a failed write is retried with the same outcome (and bounded by `FINAL_ATTEMPTS`).
@@ -500,16 +560,23 @@ async fn finalize(cached: &SentimentBatch, ctx: &Context, store: &Store, phase: 
     if !halted(ctx, &uid).await {
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
-    let Some(batch) = api(ctx, cached).get_opt(&cached.name_any()).await?.filter(|b| b.uid() == cached.uid()) else {
-        forget(ctx, &uid).await;
-        return Ok(Action::await_change());
+    let batch = if held(ctx, &uid).is_some() {
+        cached.clone()
+    } else {
+        match api(ctx, cached).get_opt(&cached.name_any()).await?.filter(|b| b.uid() == cached.uid()) {
+            Some(batch) => batch,
+            None => {
+                forget(ctx, &uid).await;
+                return Ok(Action::await_change());
+            }
+        }
     };
     if batch.phase().is_final() {
         forget(ctx, &uid).await;
         return Ok(Action::await_change());
     }
     let old = status_of(ctx, &batch);
-    match write_results(ctx, store, &old, phase).await {
+    match write_results(ctx, store, &old, phase, kept_parts(ctx, &uid)).await {
         Ok((status, tally)) => {
             let (phase, reason, msg) = if phase == Phase::Succeeded && tally.ok == 0 && tally.failed > 0 {
                 (Phase::Failed, "AllItemsFailed", format!("all {} texts failed; see {}", tally.failed, store.failures_location()))
@@ -526,19 +593,24 @@ async fn finalize(cached: &SentimentBatch, ctx: &Context, store: &Store, phase: 
     }
 }
 
-/// Writes a final batch's failures list and manifest from what the store holds (an
-/// Expired batch's unfinished texts fail with `timeout`); returns its counts.
+/// Writes a final batch's failures list and manifest from what the store holds, or from
+/// the parts a small batch `kept` (an Expired batch's unfinished texts fail with
+/// `timeout`); returns its counts.
 async fn write_results(
     ctx: &Context,
     store: &Store,
     old: &SentimentBatchStatus,
     phase: Phase,
+    kept: Option<Vec<Part>>,
 ) -> Result<(SentimentBatchStatus, Tally), Error> {
     let total = old.total_texts.max(0) as usize;
     // A batch written whole is read with one GET rather than a LIST.
-    let parts = match store.clone().of_texts(total).read_whole().await? {
-        Some(whole) => vec![whole],
-        None => store.read_parts().await?,
+    let parts = match kept {
+        Some(parts) => parts,
+        None => match store.clone().of_texts(total).read_whole().await? {
+            Some(whole) => vec![whole],
+            None => store.read_parts().await?,
+        },
     };
     let mut failures: Vec<ResultLine> = parts.iter().flat_map(|p| &p.lines).filter(|l| l.error.is_some()).cloned().collect();
     if phase == Phase::Expired {
@@ -593,7 +665,8 @@ async fn end(
     if let (Some(started), Some(ended)) = (&status.started_at, &status.completed_at) {
         ctx.metrics.processing_time.with_label_values(&[priority]).observe(ended.0.duration_since(started.0).as_secs_f64().max(0.0));
     }
-    // A success within a batch's first status period is told by its status alone.
+    // A success within a batch's first status period, or of a small batch, is told by its
+    // status alone.
     let unannounced = ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.").contains_key(&batch.uid().unwrap_or_default());
     match phase {
         Phase::Succeeded if unannounced => {}

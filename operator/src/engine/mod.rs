@@ -65,7 +65,8 @@ pub trait ResultSink: Send + Sync {
 #[async_trait::async_trait]
 impl ResultSink for Store {
     async fn commit(&self, part: &Part) -> Result<(), BoxError> {
-        Ok(self.write_part(part).await?)
+        self.write_part(part).await?;
+        Ok(())
     }
 }
 
