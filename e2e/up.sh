@@ -11,7 +11,9 @@
 #   e2e/up.sh             fast host processes: the control plane without a node, the
 #                         inference servers, the operator and the facade run as local
 #                         processes registered as EndpointSlices (for tests that need no
-#                         pods).
+#                         pods). The inference servers run at nice INFERENCE_NICE (10):
+#                         they are the batch work, and the API server, operator and
+#                         facade answering clients on the same cores come first (#17).
 #
 # Both write e2e/.state/env (KUBECONFIG, KUBECTL, KUBESENTIMENT_API, KUBESENTIMENT_API_KEY,
 # INFERENCE_URLS, OPERATOR_URL, …; KUBESENTIMENT_STATE moves e2e/.state elsewhere, as the
@@ -136,7 +138,7 @@ cluster() {
 }
 
 host() {
-  local replicas=${INFERENCE_REPLICAS:-1}
+  local replicas=${INFERENCE_REPLICAS:-1} inference_nice=${INFERENCE_NICE:-10}
   log "starting the control plane"
   bash "$e2e/start-controlplane.sh" "$state"
   export KUBECONFIG=$state/cluster/kubeconfig
@@ -159,7 +161,7 @@ YAML
   local urls=() i port
   for i in $(seq 0 $((replicas - 1))); do
     port=$(free_port)
-    supervise "inference-$i" "$target/release/inference-server" serve --host 127.0.0.1 --port "$port"
+    supervise "inference-$i" nice -n "$inference_nice" "$target/release/inference-server" serve --host 127.0.0.1 --port "$port"
     urls+=("http://127.0.0.1:$port")
     k -n "$namespace" apply -f - >&2 <<YAML
 apiVersion: discovery.k8s.io/v1

@@ -36,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use kube::Client;
-use kube::runtime::reflector;
+use kube::runtime::{reflector, watcher};
 use tokio::sync::watch;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
@@ -89,12 +89,22 @@ pub struct Facade {
 /// ClusterRole. Jobs this replica created that its watch has not delivered yet are kept
 /// aside for a while, so that the status poll right after a submit is answered here
 /// rather than by a GET to the API server (which, under load, was the slow tail of
-/// status: #17).
-#[derive(Clone, Default)]
+/// status: #17). What the watches deliver is also told to the jobs' followers
+/// (WebSocket and SSE), which read each change from here rather than each opening a
+/// watch of its own on the API server.
+#[derive(Clone)]
 pub struct Jobs {
     caches: Arc<std::collections::BTreeMap<String, reflector::Store<SentimentBatch>>>,
     created: Arc<std::sync::Mutex<Created>>,
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
+
+/// A job the watches delivered anew (applied or deleted), or `None`: any job may have
+/// changed (a watch listed afresh, and a deletion in between has no event of its own).
+pub type Change = Option<reflector::ObjectRef<SentimentBatch>>;
+
+/// Changes a follower may fall behind by before it is told to read its job afresh.
+const CHANGES_BUFFERED: usize = 4096;
 
 /// Jobs created here that the watch has not delivered yet, with when each was created.
 type Created = std::collections::HashMap<reflector::ObjectRef<SentimentBatch>, (Instant, Arc<SentimentBatch>)>;
@@ -104,11 +114,33 @@ const CREATED_KEPT: Duration = Duration::from_secs(10);
 
 impl Jobs {
     pub fn new(caches: impl IntoIterator<Item = (String, reflector::Store<SentimentBatch>)>) -> Jobs {
-        Jobs { caches: Arc::new(caches.into_iter().collect()), created: Arc::default() }
+        Jobs {
+            caches: Arc::new(caches.into_iter().collect()),
+            created: Arc::default(),
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFERED).0,
+        }
+    }
+
+    /// Tells the followers what a watch delivered, once its cache holds it.
+    pub fn delivered(&self, event: &watcher::Event<SentimentBatch>) {
+        let change = match event {
+            watcher::Event::Apply(job) | watcher::Event::Delete(job) | watcher::Event::InitApply(job) => {
+                Some(reflector::ObjectRef::from(job))
+            }
+            watcher::Event::InitDone => None,
+            watcher::Event::Init => return,
+        };
+        // No follower: nothing to tell.
+        let _ = self.changes.send(change);
+    }
+
+    /// The changes from now on.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     pub fn get(&self, key: &reflector::ObjectRef<SentimentBatch>) -> Option<Arc<SentimentBatch>> {
-        let cached = self.caches.get(key.namespace.as_deref()?)?.get(key);
+        let cached = self.cached(key);
         let mut created = self.created.lock().expect("the lock is never poisoned. This is a bug.");
         match cached {
             // Delivered: from now on the watch alone says what became of it (deleted too).
@@ -118,6 +150,11 @@ impl Jobs {
             }
             None => created.get(key).filter(|(at, _)| at.elapsed() < CREATED_KEPT).map(|(_, job)| job.clone()),
         }
+    }
+
+    /// The job as its watch delivered it, if it has.
+    pub fn cached(&self, key: &reflector::ObjectRef<SentimentBatch>) -> Option<Arc<SentimentBatch>> {
+        self.caches.get(key.namespace.as_deref()?)?.get(key)
     }
 
     /// Keeps `job`, just created here, until the watch delivers it (without its texts, as

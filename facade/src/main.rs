@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
 
     // A watch cache per namespace the tenants use: each needs only a Role there.
     let mut caches = Vec::new();
+    let mut watches = Vec::new();
     for namespace in keys.namespaces() {
         let api: Api<SentimentBatch> = Api::namespaced(client.clone(), &namespace);
         api.list(&kube::api::ListParams::default().limit(1)).await.with_context(|| {
@@ -92,11 +93,14 @@ async fn main() -> anyhow::Result<()> {
         let (store, writer) = reflector::store();
         // The cache keeps jobs without their inline texts (a count stays).
         let jobs = watcher(api, watcher::Config::default()).map_ok(|ev| ev.modify(kubesentiment_core::status::strip_texts));
-        let cache = reflector(writer, jobs).default_backoff();
-        tasks.spawn(kubesentiment_core::watch::drive(cache, "SentimentBatches", stop.clone(), |_| {}));
+        watches.push(reflector(writer, jobs).default_backoff());
         caches.push((namespace, store));
     }
     let store = facade::Jobs::new(caches);
+    for cache in watches {
+        let jobs = store.clone();
+        tasks.spawn(kubesentiment_core::watch::drive(cache, "SentimentBatches", stop.clone(), move |ev| jobs.delivered(ev)));
+    }
     let endpoints = endpoints::watch(client.clone(), &cli.common.inference_service, &tasks, stop.clone());
 
     let facade = Arc::new(Facade {
