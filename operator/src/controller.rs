@@ -1,5 +1,5 @@
-//! The SentimentBatch controller: reconcile wrapped in a finalizer, status by server-side
-//! apply under one field manager, Events on transitions, and an `error_policy` that
+//! The SentimentBatch controller: reconcile wrapped in a finalizer, status written whole
+//! (a JSON patch of `/status`) under one field manager, Events on transitions, and an `error_policy` that
 //! counts failures and backs off.
 //!
 //! Reconcile is idempotent and keeps no state of its own: what a batch has done is read
@@ -763,18 +763,20 @@ fn api(ctx: &Context, batch: &SentimentBatch) -> Api<SentimentBatch> {
     Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default())
 }
 
-/// Applies `status` unless it equals what is already there.
+/// Writes `status` whole, unless it equals what is already there: a JSON patch that
+/// replaces `/status`, with no precondition (the operator alone writes status). Not
+/// server-side apply, which costs the API server twice the CPU for the same write
+/// (11.7 against 5.4–6.7 ms a status, measured, #17); the status is always whole, so
+/// apply's merging of fields has nothing to do.
 async fn write_status(batch: &SentimentBatch, ctx: &Context, status: SentimentBatchStatus) -> Result<(), Error> {
     if batch.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let patch = json!({
-        "apiVersion": SentimentBatch::api_version(&()),
-        "kind": SentimentBatch::kind(&()),
-        "status": status,
-    });
+    let patch: json_patch::Patch = serde_json::from_value(json!([{"op": "add", "path": "/status", "value": status}]))
+        .expect("a status is a JSON patch's value. This is a bug.");
     ctx.metrics.status_writes.inc();
-    api(ctx, batch).patch_status(&batch.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
+    let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    api(ctx, batch).patch_status(&batch.name_any(), &params, &Patch::Json::<()>(patch)).await?;
     Ok(())
 }
 

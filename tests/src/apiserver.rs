@@ -20,7 +20,8 @@ fn label(line: &str, key: &str) -> Option<String> {
 }
 
 /// Of `family` (a counter, or a histogram's `_sum` or `_count`), the value per
-/// `resource/verb` of the [`BATCH_RESOURCES`], subresources summed in.
+/// `resource/verb` of the [`BATCH_RESOURCES`], or `resource/subresource/verb`
+/// (`sentimentbatches/status/PATCH`).
 pub fn by_resource(page: &str, family: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for l in page.lines().filter(|l| l.starts_with(&format!("{family}{{"))) {
@@ -29,7 +30,11 @@ pub fn by_resource(page: &str, family: &str) -> BTreeMap<String, f64> {
             continue;
         }
         let Some(value) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
-        *out.entry(format!("{resource}/{verb}")).or_insert(0.0) += value;
+        let key = match label(l, "subresource").filter(|s| !s.is_empty()) {
+            Some(sub) => format!("{resource}/{sub}/{verb}"),
+            None => format!("{resource}/{verb}"),
+        };
+        *out.entry(key).or_insert(0.0) += value;
     }
     out
 }

@@ -79,7 +79,8 @@ async fn a_single_chunk_batch_costs_at_most_its_writes() {
     println!("writes of a single-chunk REST job: {job_least} ({job_by_kind:?}); all three: {:?}", counts[1]);
     assert_eq!(job_own, job_least - 1.0, "{job_by_kind:?}");
     assert!(job_least <= MOST_JOB_WRITES, "a single-chunk REST job costs {job_least} writes, over {MOST_JOB_WRITES}: {job_by_kind:?}");
-    assert_eq!(job_by_kind.get("sentimentbatches/PATCH"), None, "{job_by_kind:?}");
+    assert_eq!(job_by_kind.get("sentimentbatches/PATCH"), None, "no finalizer patch: {job_by_kind:?}");
+    assert_eq!(job_by_kind.get("sentimentbatches/status/PATCH"), Some(&1.0), "one status write: {job_by_kind:?}");
     assert_eq!(job_by_kind.get("configmaps/POST"), Some(&1.0), "part and manifest in one: {job_by_kind:?}");
 
     // A batch that runs for longer than a status period is announced as Started.
