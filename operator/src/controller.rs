@@ -1,6 +1,6 @@
 //! The SentimentBatch controller: reconcile wrapped in a finalizer, status written whole
-//! (a JSON patch of `/status`) under one field manager, Events on transitions, and an `error_policy` that
-//! counts failures and backs off.
+//! (a JSON patch of `/status`) under one field manager, Events on transitions, and an
+//! `error_policy` that counts failures and backs off.
 //!
 //! Reconcile is idempotent and keeps no state of its own: what a batch has done is read
 //! from the results store, and what it is doing is asked of the [`Engine`]. A restarted
