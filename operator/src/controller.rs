@@ -23,7 +23,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use kubesentiment_core::backoff::Backoff;
 use kubesentiment_core::config::{AsyncBatch, ObjectStores};
-use kubesentiment_core::crd::{Notification, NotificationState, Phase, SentimentBatch, SentimentBatchStatus};
+use kubesentiment_core::crd::{Notification, NotificationState, Notify, Phase, SentimentBatch, SentimentBatchStatus};
 use kubesentiment_core::names::{FINALIZER, MANAGER, RETRY_FAILED, TENANT_LABEL, WEIGHT_ANNOTATION};
 use kubesentiment_core::status::{self, QUEUED, Tally};
 use kubesentiment_core::store::{self, Part, ResultLine, Store, StoreError};
@@ -59,6 +59,13 @@ const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration
 const FINAL_ATTEMPTS: u32 = 5;
 /// How long a namespace's weight is trusted before it is read again.
 const WEIGHT_REFRESH: Duration = Duration::from_secs(60);
+/// Completion callbacks delivered at once. Each attempt runs beside the reconciles, so a
+/// receiver that answers slowly (up to 10 s an attempt) holds one of these, never one of
+/// the controller's reconcile slots.
+const DELIVERY_SLOTS: usize = 16;
+/// When a batch whose callback is under way is looked at again if its attempt's end
+/// has not woken it (it does, through the controller's trigger channel).
+const DELIVERY_CHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -104,6 +111,12 @@ pub struct Context {
     /// The UIDs of the batches that existed when this replica began to lead: only these
     /// can have run under another replica (one that leads no more).
     older: HashSet<String>,
+    /// Completion callbacks under way, by batch UID: `None` while the attempt runs, then
+    /// what it came to and when it began, until `tell` puts that on record.
+    deliveries: Arc<Mutex<HashMap<String, Option<(Outcome, Timestamp)>>>>,
+    delivery_slots: Arc<tokio::sync::Semaphore>,
+    /// Asks the controller to look at a batch now (the channel the engine uses too).
+    wake: mpsc::Sender<ObjectRef<SentimentBatch>>,
 }
 
 /// A batch started here from Pending, until it has run for a status period (#17), or to
@@ -141,7 +154,9 @@ impl ResultSink for Keeping {
 }
 
 impl Context {
-    /// `older`: the UIDs of the batches there were when this replica began to lead.
+    /// `older`: the UIDs of the batches there were when this replica began to lead;
+    /// `wake`: the sender of the channel [`run`] takes batches to look at now from.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
         engine: Engine,
@@ -150,6 +165,7 @@ impl Context {
         metrics: Metrics,
         instance: String,
         older: HashSet<String>,
+        wake: mpsc::Sender<ObjectRef<SentimentBatch>>,
     ) -> Self {
         Context {
             recorder: recorder(&client, instance),
@@ -165,6 +181,9 @@ impl Context {
             progress_written: Mutex::default(),
             fresh: Mutex::default(),
             older,
+            deliveries: Arc::default(),
+            delivery_slots: Arc::new(tokio::sync::Semaphore::new(DELIVERY_SLOTS)),
+            wake,
         }
     }
 }
@@ -373,7 +392,8 @@ async fn suspend(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error>
 
 /// Delivers a final batch's completion callback (`spec.notify`) if an attempt is due:
 /// `Some(requeue)` while attempts remain, `None` once it is delivered, failed for good, or
-/// not asked for. Each attempt is on record in `status.notification` (at least once: a
+/// not asked for. An attempt runs beside the reconciles (`deliver_aside`), and the
+/// batch's next reconcile puts it on record in `status.notification` (at least once: a
 /// crash before the record repeats the delivery, with the same event id).
 async fn tell(batch: &SentimentBatch, ctx: &Context) -> Result<Option<Action>, Error> {
     let Some(spec) = &batch.spec.notify else { return Ok(None) };
@@ -382,14 +402,25 @@ async fn tell(batch: &SentimentBatch, ctx: &Context) -> Result<Option<Action>, E
     if n.state != NotificationState::Pending {
         return Ok(None);
     }
-    let now = Timestamp::now();
-    let wait = notify::due_in(&n, now);
-    if !wait.is_zero() {
+    let uid = batch.uid().unwrap_or_default();
+    let ended = {
+        let mut deliveries = ctx.deliveries.lock().expect("the lock is never poisoned. This is a bug.");
+        match deliveries.get(&uid) {
+            Some(None) => return Ok(Some(Action::requeue(DELIVERY_CHECK))),
+            Some(Some(_)) => deliveries.remove(&uid).flatten(),
+            None => None,
+        }
+    };
+    let Some((outcome, began)) = ended else {
+        let wait = notify::due_in(&n, Timestamp::now());
+        if wait.is_zero() {
+            deliver_aside(batch, spec, &n.event_id, ctx);
+            return Ok(Some(Action::requeue(DELIVERY_CHECK)));
+        }
         return Ok(Some(Action::requeue(wait)));
-    }
-    let outcome = notify::deliver(&ctx.client, batch, spec, &n.event_id, &ctx.callbacks.allow).await;
+    };
     n.attempts += 1;
-    n.last_attempt_time = Some(Time(now));
+    n.last_attempt_time = Some(Time(began));
     let (state, label, said) = match outcome {
         Outcome::Delivered(s) => (NotificationState::Delivered, "delivered", s),
         Outcome::Refused(s) => (NotificationState::Failed, "refused", s),
@@ -403,9 +434,29 @@ async fn tell(batch: &SentimentBatch, ctx: &Context) -> Result<Option<Action>, E
         publish(ctx, batch, EventType::Warning, "CallbackFailed", &note).await;
     }
     n.last_result = Some(said);
-    let next = notify::due_in(&n, now);
+    let next = notify::due_in(&n, Timestamp::now());
     write_status(batch, ctx, SentimentBatchStatus { notification: Some(n), ..old }).await?;
     Ok((state == NotificationState::Pending).then(|| Action::requeue(next)))
+}
+
+/// Starts an attempt at `batch`'s callback on a task of its own, which waits for one of
+/// the `DELIVERY_SLOTS`, leaves its outcome in `ctx.deliveries` and wakes the batch.
+fn deliver_aside(batch: &SentimentBatch, spec: &Notify, event_id: &str, ctx: &Context) {
+    let uid = batch.uid().unwrap_or_default();
+    ctx.deliveries.lock().expect("the lock is never poisoned. This is a bug.").insert(uid.clone(), None);
+    let (client, allow, batch, spec, id) =
+        (ctx.client.clone(), ctx.callbacks.allow.clone(), batch.clone(), spec.clone(), event_id.to_string());
+    let (deliveries, slots, wake) = (ctx.deliveries.clone(), ctx.delivery_slots.clone(), ctx.wake.clone());
+    tokio::spawn(async move {
+        let Ok(_slot) = slots.acquire_owned().await else { return };
+        let began = Timestamp::now();
+        let outcome = notify::deliver(&client, &batch, &spec, &id, &allow).await;
+        // Unless the batch was deleted meanwhile.
+        if let Some(ended) = deliveries.lock().expect("the lock is never poisoned. This is a bug.").get_mut(&uid) {
+            *ended = Some((outcome, began));
+        }
+        let _ = wake.send(ObjectRef::from(&batch)).await;
+    });
 }
 
 /// Deletes a finished batch once its `ttlSecondsAfterFinished` (or the configured
@@ -715,6 +766,7 @@ async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error>
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
     forget(ctx, &uid).await;
+    ctx.deliveries.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
     if let Ok(store) = Store::for_batch(&ctx.client, batch, &ctx.stores)
         && let Err(e) = store.delete_all().await
     {

@@ -164,7 +164,7 @@ impl Operator {
             predictor: engine::http_predictor(),
             metrics: metrics.clone(),
             endpoints,
-            notify,
+            notify: notify.clone(),
             tasks: tasks.clone(),
             stop: stop.clone(),
         };
@@ -188,7 +188,7 @@ impl Operator {
         // Every batch there is now: any other is created while this replica leads.
         let older = batches.list_metadata(&Default::default()).await.context("listing SentimentBatches")?;
         let older = older.items.into_iter().filter_map(|b| b.metadata.uid).collect();
-        let mut ctx = Context::new(client, engine, cfg, stores, metrics, identity.clone(), older);
+        let mut ctx = Context::new(client, engine, cfg, stores, metrics, identity.clone(), older, notify);
         ctx.capacity = capacity;
         ctx.callbacks = notify::Policy { allow: cli.callback_allow.clone(), max_attempts: cli.callback_max_attempts };
         tasks.spawn(controller::run(Arc::new(ctx), batches, notify_rx, stop.clone()));

@@ -468,3 +468,42 @@ async fn kill_dash_nine_resumes_without_redoing_committed_work_and_a_standby_tak
     drop(standby);
     env.ns.delete().await.unwrap();
 }
+
+/// A callback receiver that accepts and never answers holds a delivery slot, not the
+/// controller: while 40 batches' callbacks hang (an attempt gives up after 10 s), a new
+/// batch still runs to its end, before any of those attempts has ended. (With the
+/// attempts inside the reconciles, the 32 reconcile slots were all waiting on them.)
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_that_hang_do_not_hold_up_other_batches() {
+    let Some(env) = env("op-tarpit").await else { return };
+    let inf = Inference::start(&[]).unwrap();
+    register(&env.ns, &[inf.port]).await.unwrap();
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hooks = format!("http://{}/hook", tarpit.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = tarpit.accept().await {
+            held.push(socket);
+        }
+    });
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "hook"}, "stringData": {"k": "s3cret"}})).unwrap();
+    env.ns.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    let notify = json!({"url": hooks, "signingSecretRef": {"name": "hook", "key": "k"}});
+    for i in 0..40 {
+        env.create(&format!("hung-{i}"), json!({"texts": texts(2, &format!("h{i}")), "notify": notify})).await.unwrap();
+    }
+    let _op = operator(env.cluster, &env.ns.name, &[], &[]).unwrap();
+    for i in 0..40 {
+        env.phase(&format!("hung-{i}"), Phase::Succeeded).await;
+    }
+    env.create("free", json!({"texts": texts(2, "free")})).await.unwrap();
+    env.phase("free", Phase::Succeeded).await;
+    let hung = env.batches().list(&ListParams::default()).await.unwrap().items;
+    let attempts: Vec<i32> = hung
+        .iter()
+        .filter(|b| b.name_any().starts_with("hung-"))
+        .map(|b| b.status.as_ref().and_then(|s| s.notification.as_ref()).map_or(0, |n| n.attempts))
+        .collect();
+    assert_eq!(attempts, vec![0; 40], "the free batch ended only after hung attempts did");
+    env.ns.delete().await.unwrap();
+}
