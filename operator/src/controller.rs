@@ -111,13 +111,15 @@ pub struct Context {
     /// The UIDs of the batches that existed when this replica began to lead: only these
     /// can have run under another replica (one that leads no more).
     older: HashSet<String>,
-    /// Completion callbacks under way, by batch UID: `None` while the attempt runs, then
-    /// what it came to and when it began, until `tell` puts that on record.
-    deliveries: Arc<Mutex<HashMap<String, Option<(Outcome, Timestamp)>>>>,
+    deliveries: Arc<Mutex<Deliveries>>,
     delivery_slots: Arc<tokio::sync::Semaphore>,
     /// Asks the controller to look at a batch now (the channel the engine uses too).
     wake: mpsc::Sender<ObjectRef<SentimentBatch>>,
 }
+
+/// Completion callbacks under way, by batch UID: `None` while the attempt runs, then
+/// what it came to and when it began, until `tell` puts that on record.
+type Deliveries = HashMap<String, Option<(Outcome, Timestamp)>>;
 
 /// A batch started here from Pending, until it has run for a status period (#17), or to
 /// its end if it is small. Its `Started` Event waits until then.
