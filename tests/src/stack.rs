@@ -83,6 +83,12 @@ impl Proc {
         Some(format!("http://{}", addr.trim_start_matches("http://")))
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -{signal} {}", self.child.id());
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if self.group {

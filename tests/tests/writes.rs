@@ -83,20 +83,26 @@ async fn a_single_chunk_batch_costs_at_most_its_writes() {
     assert_eq!(job_by_kind.get("sentimentbatches/status/PATCH"), Some(&1.0), "one status write: {job_by_kind:?}");
     assert_eq!(job_by_kind.get("configmaps/POST"), Some(&1.0), "part and manifest in one: {job_by_kind:?}");
 
+    // A small job that outlives a status period, but not QUIET (its endpoint stopped for
+    // 2.5 s under it), writes no Running status and no Event either.
+    let before = writes(&metrics(env.cluster));
+    inference.proc.signal("STOP");
+    let origin = Origin { namespace: env.ns.name.clone(), submitted_by: "rest", ..Default::default() };
+    let slow = jobs::create(&env.ns.client, &origin, NewJob::texts(texts(10, "slow"), Priority::Medium)).await.unwrap().name_any();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    inference.proc.signal("CONT");
+    env.phase(&slow, Phase::Succeeded).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let slow_by_kind = delta(&before, &writes(&metrics(env.cluster)));
+    assert_eq!(slow_by_kind.get("sentimentbatches/status/PATCH"), Some(&1.0), "the final status alone: {slow_by_kind:?}");
+    assert!(reasons_of(&env, &slow).is_empty(), "no Event: {:?}", reasons_of(&env, &slow));
+
     // A batch that runs for longer than a status period is announced as Started.
     env.configmap("longer", json!({"texts": texts(10_000, "longer").join("\n")})).await;
     env.create("longer", json!({"source": {"configMapKeyRef": {"name": "longer", "key": "texts"}}})).await.unwrap();
     env.phase("longer", Phase::Succeeded).await;
-    let reasons = |name: &'static str| {
-        let env = &env;
-        async move {
-            let (_, out, _) = env.kubectl(&["get", "events", "--field-selector", &format!("involvedObject.name={name}"), "-o", "json"]);
-            let events: serde_json::Value = serde_json::from_str(&out).unwrap();
-            events["items"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>()
-        }
-    };
     let longer = kubesentiment_tests::eventually(Duration::from_secs(30), "the longer batch's Events", || async {
-        let r = reasons("longer").await;
+        let r = reasons_of(&env, "longer");
         Ok(r.contains(&"Succeeded".to_string()).then_some(r))
     })
     .await
@@ -104,4 +110,11 @@ async fn a_single_chunk_batch_costs_at_most_its_writes() {
     assert!(longer.contains(&"Started".to_string()), "{longer:?}");
     // The batches of the fewest writes were not announced, their success neither.
     assert_eq!(by_kind.get("events/POST"), None, "{by_kind:?}");
+}
+
+/// The reasons of the Events about batch `name`.
+fn reasons_of(env: &kubesentiment_tests::batches::Env, name: &str) -> Vec<String> {
+    let (_, out, _) = env.kubectl(&["get", "events", "--field-selector", &format!("involvedObject.name={name}"), "-o", "json"]);
+    let events: serde_json::Value = serde_json::from_str(&out).unwrap();
+    events["items"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap_or_default().to_string()).collect()
 }
