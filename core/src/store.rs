@@ -75,15 +75,16 @@ impl Part {
     }
 }
 
-/// Parts sorted by start, each index kept once: two leaders with different chunk
+/// `parts` sorted by start, each index kept once: two leaders with different chunk
 /// boundaries can both commit a text (each under its own part name, which carries its
 /// whole range, so neither overwrites the other), and a text must still have exactly one
 /// result. The part that starts first keeps it; a part left
 /// empty is dropped.
-pub fn one_per_index(sorted: Vec<Part>) -> Vec<Part> {
+pub fn one_per_index(mut parts: Vec<Part>) -> Vec<Part> {
+    parts.sort_by_key(|p| p.start);
     let mut at = 0;
-    let mut out = Vec::with_capacity(sorted.len());
-    for mut p in sorted {
+    let mut out = Vec::with_capacity(parts.len());
+    for mut p in parts {
         if p.end() <= at {
             continue;
         }
@@ -365,7 +366,6 @@ impl Store {
                 }
             }
         }
-        parts.sort_by_key(|p| p.start);
         Ok(one_per_index(parts))
     }
 
@@ -815,7 +815,6 @@ mod tests {
         let mut parts: Vec<Part> = [0, 30, 60, 90].iter().map(|s| part(*s, 30.min(100 - s))).collect();
         parts.extend([0, 40, 80].iter().map(|s| part(*s, 40.min(100 - s))));
         parts.push(part(41, 5));
-        parts.sort_by_key(|p| p.start);
         let kept = one_per_index(parts);
         let indices: Vec<usize> = kept.iter().flat_map(|p| p.lines.iter().map(|l| l.index)).collect();
         assert_eq!(indices, (0..100).collect::<Vec<_>>());

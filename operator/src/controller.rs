@@ -259,8 +259,7 @@ fn held(ctx: &Context, uid: &str) -> Option<SentimentBatchStatus> {
 /// The parts a small batch has committed, if it is one.
 fn kept_parts(ctx: &Context, uid: &str) -> Option<Vec<Part>> {
     let fresh = ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.");
-    let mut parts = fresh.get(uid)?.small.as_ref()?.parts.lock().expect("the lock is never poisoned. This is a bug.").clone();
-    parts.sort_by_key(|p| p.start);
+    let parts = fresh.get(uid)?.small.as_ref()?.parts.lock().expect("the lock is never poisoned. This is a bug.").clone();
     Some(store::one_per_index(parts))
 }
 
