@@ -40,6 +40,7 @@ async fn a_single_chunk_batch_costs_at_most_its_writes() {
     // Three batches as kubectl creates them, then three jobs as the facade and the bench
     // create them (`jobs::create`, with the operator's finalizer from birth).
     let (mut counts, mut reads) = ([Vec::new(), Vec::new()], Vec::new());
+    let origin = Origin { namespace: env.ns.name.clone(), submitted_by: "rest", ..Default::default() };
     for i in 0..6 {
         let (before, own_before) = (writes(&metrics(env.cluster)), own().await);
         let name = if i < 3 {
@@ -47,7 +48,6 @@ async fn a_single_chunk_batch_costs_at_most_its_writes() {
             env.create(&name, json!({"texts": texts(10, &name)})).await.unwrap();
             name
         } else {
-            let origin = Origin { namespace: env.ns.name.clone(), submitted_by: "rest", ..Default::default() };
             jobs::create(&env.ns.client, &origin, NewJob::texts(texts(10, &format!("job-{i}")), Priority::Medium)).await.unwrap().name_any()
         };
         env.phase(&name, Phase::Succeeded).await;
@@ -87,7 +87,6 @@ async fn a_single_chunk_batch_costs_at_most_its_writes() {
     // 2.5 s under it), writes no Running status and no Event either.
     let before = writes(&metrics(env.cluster));
     inference.proc.signal("STOP");
-    let origin = Origin { namespace: env.ns.name.clone(), submitted_by: "rest", ..Default::default() };
     let slow = jobs::create(&env.ns.client, &origin, NewJob::texts(texts(10, "slow"), Priority::Medium)).await.unwrap().name_any();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     inference.proc.signal("CONT");
@@ -95,7 +94,8 @@ async fn a_single_chunk_batch_costs_at_most_its_writes() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let slow_by_kind = delta(&before, &writes(&metrics(env.cluster)));
     assert_eq!(slow_by_kind.get("sentimentbatches/status/PATCH"), Some(&1.0), "the final status alone: {slow_by_kind:?}");
-    assert!(reasons_of(&env, &slow).is_empty(), "no Event: {:?}", reasons_of(&env, &slow));
+    let slow_events = reasons_of(&env, &slow);
+    assert!(slow_events.is_empty(), "no Event: {slow_events:?}");
 
     // A batch that runs for longer than a status period is announced as Started.
     env.configmap("longer", json!({"texts": texts(10_000, "longer").join("\n")})).await;
