@@ -78,10 +78,11 @@ impl Part {
 /// `parts` sorted by start, each index kept once: two leaders with different chunk
 /// boundaries can both commit a text (each under its own part name, which carries its
 /// whole range, so neither overwrites the other), and a text must still have exactly one
-/// result. The part that starts first keeps it; a part left
-/// empty is dropped.
+/// result. The part that starts first keeps it, of two that start together the longer;
+/// a part left empty is dropped. So a part of the whole batch (written with its manifest)
+/// is never trimmed and is the only one left.
 pub fn one_per_index(mut parts: Vec<Part>) -> Vec<Part> {
-    parts.sort_by_key(|p| p.start);
+    parts.sort_by_key(|p| (p.start, std::cmp::Reverse(p.lines.len())));
     let mut at = 0;
     let mut out = Vec::with_capacity(parts.len());
     for mut p in parts {
@@ -533,14 +534,17 @@ impl Store {
             Store::ConfigMaps { .. } => (FAILURES_PER_SHARD, PARTS_PER_MANIFEST_SHARD),
             Store::Objects { .. } => (usize::MAX, usize::MAX),
         };
-        // One part written with its manifest, no failures: all is written already.
-        if let [only] = parts
-            && only.stem == WHOLE_STEM
-            && only.start == 0
-            && only.end() == total
-            && failures.is_empty()
-        {
-            return Ok(self.manifest_location());
+        // A part written with its manifest holds every text, none failed, and
+        // [`one_per_index`] leaves it the only part: all is written already.
+        if let Some(whole) = parts.iter().find(|p| p.stem == WHOLE_STEM) {
+            return if parts.len() == 1 && whole.start == 0 && whole.end() == total && failures.is_empty() {
+                Ok(self.manifest_location())
+            } else {
+                Err(StoreError::Corrupt {
+                    location: self.manifest_location(),
+                    why: "a whole batch's part beside others. This is a bug.".into(),
+                })
+            };
         }
         // No failures, no list: a successful batch writes only its manifest here.
         let mut failure_shards = Vec::new();
@@ -549,19 +553,8 @@ impl Store {
             self.put(&entry, to_jsonl(shard)).await?;
             failure_shards.push(self.location(&entry));
         }
-        let mut entries = Vec::with_capacity(parts.len());
-        for p in parts {
-            let mut entry = Entry::part(&p.stem);
-            // A part that was written with the manifest (it overlaps another leader's, or
-            // a cancel came with it) moves out of the manifest's ConfigMap, which is
-            // rewritten with the manifest alone.
-            if p.stem == WHOLE_STEM {
-                let moved = Part::new(p.start, p.lines.clone());
-                entry = Entry::part(&moved.stem);
-                self.put(&entry, to_jsonl(&moved.lines)).await?;
-            }
-            entries.push(ManifestPart { location: self.location(&entry), start: p.start, end: p.end() });
-        }
+        let entries: Vec<_> =
+            parts.iter().map(|p| ManifestPart { location: self.location(&Entry::part(&p.stem)), start: p.start, end: p.end() }).collect();
         let mut chunks = entries.chunks(per_manifest);
         let first = chunks.next().unwrap_or_default().to_vec();
         let mut more_parts = Vec::new();
@@ -824,6 +817,16 @@ mod tests {
         assert!(kept.iter().all(|p| p.stem != "part-0000041-0000046"), "wholly covered");
         assert!(kept.iter().any(|p| p.stem == "part-0000040-0000080" && p.start == 60), "trimmed, named where stored");
         assert_eq!(remaining(100, &kept), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    /// Of parts that start together the longer keeps the texts, in whichever order they
+    /// are listed: a part of the whole batch is never cut.
+    #[test]
+    fn of_parts_that_start_together_the_longer_wins() {
+        let whole = Part { stem: WHOLE_STEM.into(), ..part(0, 10) };
+        for parts in [vec![part(0, 5), whole.clone(), part(5, 5)], vec![whole.clone(), part(0, 5)]] {
+            assert_eq!(one_per_index(parts), std::slice::from_ref(&whole));
+        }
     }
 
     #[test]

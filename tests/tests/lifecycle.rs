@@ -287,3 +287,31 @@ async fn a_part_of_an_unrecorded_start_is_computed_again() {
     assert!(lines.iter().all(|l| l["id"] != "stale" && l["label"].is_string()), "{lines:?}");
     assert!(env.ns.api::<ConfigMap>().get_opt("small-part-0000000-0000005").await.unwrap().is_none(), "the stale part is deleted");
 }
+
+/// Two leaders with different chunk sizes: one committed texts 0–4 as a part, the other
+/// the whole batch with its manifest. The whole part keeps every text, whichever was
+/// written first; the manifest it was written with stands, and each text is read once.
+#[tokio::test]
+async fn a_part_another_leader_overlaps_leaves_the_whole_batch_as_written() {
+    use kubesentiment_core::store::{Part, ResultLine};
+    let Some(env) = env("overlap").await else { return };
+    let lines = |by: &str, range: std::ops::Range<usize>| {
+        range.map(|index| ResultLine { index, id: Some(by.to_string()), prediction: None, error: None }).collect::<Vec<_>>()
+    };
+    for (i, whole_first) in [true, false].into_iter().enumerate() {
+        let b = env.create(&format!("both-{i}"), json!({"texts": texts(10, "o")})).await.unwrap();
+        let store = Store::for_batch(&env.ns.client, &b, &ObjectStores::default()).unwrap().of_texts(10);
+        let (whole, part) = (Part::new(0, lines("whole", 0..10)), Part::new(0, lines("part", 0..5)));
+        for p in if whole_first { [&whole, &part] } else { [&part, &whole] } {
+            store.write_part(p).await.unwrap();
+        }
+        let parts = store.read_parts().await.unwrap();
+        assert_eq!(parts.iter().map(|p| (p.stem.as_str(), p.start, p.end())).collect::<Vec<_>>(), [("results", 0, 10)]);
+        assert_eq!(store.finish(10, &parts, &[]).await.unwrap(), format!("configmap://{}/both-{i}-results", env.ns.name));
+        let got = store.read_range(0..10).await.unwrap();
+        assert_eq!(
+            got.iter().map(|l| (l.index, l.id.as_deref().unwrap())).collect::<Vec<_>>(),
+            (0..10).map(|i| (i, "whole")).collect::<Vec<_>>()
+        );
+    }
+}
