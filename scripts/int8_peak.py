@@ -10,6 +10,10 @@ The encoder's figure is texts/s x operations per text, where one text of T token
 2 x T x L x (d x 3d + d x d + 2 x d x f) multiply-adds (the four products of each layer;
 attention scores and everything else are not counted).
 
+Each encoder's line also has `op_shares`: the share of its kernel time each operator type
+takes (ONNX Runtime's profiler, the same session settings), i.e. where the time that is
+not int8 products goes.
+
 usage: python int8_peak.py [ENCODER.onnx ...]   prints one line per measure, as JSON
 """
 
@@ -28,8 +32,9 @@ THREADS = 2
 SECONDS = 3.0
 
 
-def session(path: str) -> ort.InferenceSession:
+def session(path: str, profile: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    options.enable_profiling = profile
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -73,7 +78,25 @@ def encoder(path: str, batch: int = 32, tokens: int = 16, layers: int = 6, d: in
     feed = {i.name: feed[i.name] for i in s.get_inputs()}
     texts = rate(lambda: s.run(None, feed)) * batch
     ops = 2 * tokens * layers * (d * 3 * d + d * d + 2 * d * f)
-    return {"model": path, "batch": batch, "tokens": tokens, "texts_per_s": round(texts), "gop_per_s": round(texts * ops / 1e9, 1)}
+    return {"model": path, "batch": batch, "tokens": tokens, "texts_per_s": round(texts), "gop_per_s": round(texts * ops / 1e9, 1),
+            "op_shares": op_shares(path, feed)}
+
+
+def op_shares(path: str, feed: dict, runs: int = 100) -> dict:
+    """Each operator type's share of the kernel time over `runs` forward passes."""
+    s = session(path, profile=True)
+    for _ in range(runs):
+        s.run(None, feed)
+    trace = s.end_profiling()
+    with open(trace) as f:
+        events = json.load(f)
+    os.remove(trace)
+    spent: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            spent[e["args"]["op_name"]] = spent.get(e["args"]["op_name"], 0) + e["dur"]
+    total = sum(spent.values())
+    return {op: round(t / total, 3) for op, t in sorted(spent.items(), key=lambda kv: -kv[1]) if t / total >= 0.005}
 
 
 def main(models: list[str]) -> None:
