@@ -137,9 +137,11 @@ pub async fn create(client: &Client, origin: &Origin, job: NewJob) -> Result<Sen
     }
     let mut batch = SentimentBatch::new(&name, spec);
     batch.metadata.labels = Some(origin.labels.clone());
-    // The operator's cleanup finalizer, from birth: it would otherwise add it with a write
-    // of its own before any work (#17 counts each write of a small job).
-    batch.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    // Results outside the cluster need the operator's cleanup finalizer: from birth, or
+    // it would add it with a write of its own before any work (#17 counts each write).
+    if batch.spec.output.is_some() {
+        batch.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    }
     let metadata = job.metadata.into_iter().map(|(k, v)| (format!("{METADATA_PREFIX}{k}"), v));
     batch.metadata.annotations = Some([(SUBMITTED_BY.to_string(), origin.submitted_by.to_string())].into_iter().chain(metadata).collect());
     let batch = match Api::<SentimentBatch>::namespaced(client.clone(), &origin.namespace).create(&PostParams::default(), &batch).await {

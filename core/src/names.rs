@@ -4,7 +4,8 @@
 
 /// The field manager of everything the operator writes, and the reporter of its Events.
 pub const MANAGER: &str = "kubesentiment-operator";
-/// The finalizer that lets the operator stop work and clean up non-owned outputs.
+/// The finalizer of batches whose results are outside the cluster (`s3://`, `file://`):
+/// the operator deletes them before the batch goes.
 pub const FINALIZER: &str = "kubesentiment.io/cleanup";
 
 /// Label on every result ConfigMap: the UID of its batch.

@@ -1,4 +1,5 @@
-//! The SentimentBatch controller: reconcile wrapped in a finalizer, status written whole
+//! The SentimentBatch controller: reconcile (in a finalizer where results are outside
+//! the cluster), deletions seen on the watch, status written whole
 //! (a JSON patch of `/status`) under one field manager, Events on transitions, and an
 //! `error_policy` that counts failures and backs off.
 //!
@@ -57,6 +58,8 @@ const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration
 /// `ResultsUnwritable`, or the finalizer is released with an Event saying what is left.
 /// About 15 s with the backoff above.
 const FINAL_ATTEMPTS: u32 = 5;
+/// How often the engine is told which batches still exist (see [`sweep`]).
+const SWEEP_PERIOD: Duration = Duration::from_secs(30);
 /// How long a namespace's weight is trusted before it is read again.
 const WEIGHT_REFRESH: Duration = Duration::from_secs(60);
 /// Completion callbacks delivered at once. Each attempt runs beside the reconciles, so a
@@ -201,11 +204,24 @@ pub fn recorder(client: &Client, instance: String) -> Recorder {
 pub async fn run(ctx: Arc<Context>, api: Api<SentimentBatch>, notify: mpsc::Receiver<ObjectRef<SentimentBatch>>, stop: CancellationToken) {
     let triggers = futures_util::stream::unfold(notify, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
     let (reader, writer) = reflector::store();
+    let on_delete = ctx.clone();
     let batches = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .map_ok(|ev| ev.modify(status::strip_texts))
         .reflect(writer)
+        .and_then(move |ev| {
+            let ctx = on_delete.clone();
+            async move {
+                if let watcher::Event::Delete(b) = &ev {
+                    let uid = b.uid().unwrap_or_default();
+                    gone(&ctx, &uid).await;
+                    ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
+                }
+                Ok(ev)
+            }
+        })
         .touched_objects();
+    tokio::spawn(sweep(ctx.clone(), reader.clone(), stop.clone()));
     Controller::for_stream(batches, reader)
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .reconcile_on(triggers)
@@ -215,19 +231,61 @@ pub async fn run(ctx: Arc<Context>, api: Api<SentimentBatch>, notify: mpsc::Rece
         .await;
 }
 
+/// Every `SWEEP_PERIOD`, once the cache is whole, drops what this replica holds of the
+/// batches no longer in it: a delete missed while the watch was down, or one that came
+/// between a reconcile's read of a batch and its admission (which would otherwise run
+/// for a batch that is gone).
+async fn sweep(ctx: Arc<Context>, reader: reflector::Store<SentimentBatch>, stop: CancellationToken) {
+    if stop.run_until_cancelled(reader.wait_until_ready()).await.is_none() {
+        return;
+    }
+    while stop.run_until_cancelled(tokio::time::sleep(SWEEP_PERIOD)).await.is_some() {
+        let ids: HashSet<String> = reader.state().iter().filter_map(|b| b.uid()).collect();
+        ctx.engine.retain(ids.clone()).await;
+        ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").retain(|uid, _| ids.contains(uid));
+        ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.").retain(|uid, _| ids.contains(uid));
+        ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").retain(|uid, _| ids.contains(uid));
+        ctx.deliveries.lock().expect("the lock is never poisoned. This is a bug.").retain(|uid, _| ids.contains(uid));
+    }
+}
+
+/// Whether `batch` needs the finalizer: results outside the cluster (`s3://`, `file://`)
+/// are deleted by it, and a batch that has it keeps it until its cleanup. Results in
+/// ConfigMaps are owned by their batch and garbage-collected with it, and a deletion is
+/// seen on the watch (and by [`sweep`]), so such a batch is never patched to add one
+/// (#17: a write fewer for every batch created without it).
+fn finalized(batch: &SentimentBatch) -> bool {
+    batch.spec.output.is_some() || batch.finalizers().iter().any(|f| f == FINALIZER)
+}
+
 async fn reconcile(batch: Arc<SentimentBatch>, ctx: Arc<Context>) -> Result<Action, Error> {
     let uid = batch.uid().unwrap_or_default();
-    let action = finalizer(&api(&ctx, &batch), FINALIZER, batch, |event| async {
-        match event {
-            Finalizer::Apply(b) => apply(&b, &ctx).await,
-            Finalizer::Cleanup(b) => cleanup(&b, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    let action = if finalized(&batch) {
+        finalizer(&api(&ctx, &batch), FINALIZER, batch, |event| async {
+            match event {
+                Finalizer::Apply(b) => apply(&b, &ctx).await,
+                Finalizer::Cleanup(b) => cleanup(&b, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))?
+    } else if batch.meta().deletion_timestamp.is_some() {
+        // Deleted, waiting on another's finalizer: its work stops now.
+        gone(&ctx, &uid).await;
+        Action::await_change()
+    } else {
+        apply(&batch, &ctx).await?
+    };
     // Failures count while they come in a row.
     ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
     Ok(action)
+}
+
+/// Drops what this replica holds of a deleted batch but its count of failures (which
+/// a cleanup still counts): its work stops.
+async fn gone(ctx: &Context, uid: &str) {
+    forget(ctx, uid).await;
+    ctx.deliveries.lock().expect("the lock is never poisoned. This is a bug.").remove(uid);
 }
 
 /// Failed reconciles of `uid` in a row so far.
@@ -478,6 +536,14 @@ async fn delete_after_ttl(batch: &SentimentBatch, ctx: &Context) -> Result<Actio
         Ok(_) => tracing::info!(batch = %batch.name_any(), ttl = ttl.as_secs(), "deleted after its TTL"),
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => return Err(e.into()),
+    }
+    // Its ConfigMaps in one request, as its finalizer would: the garbage collector (20
+    // deletes a second) falls behind thousands of batches expiring together.
+    if !finalized(batch)
+        && let Ok(store) = Store::for_batch(&ctx.client, batch, &ctx.stores)
+        && let Err(e) = store.delete_all().await
+    {
+        tracing::debug!(batch = %batch.name_any(), error = %e, "its results are left to the garbage collector");
     }
     Ok(Action::await_change())
 }
@@ -766,8 +832,7 @@ async fn cleanup(batch: &SentimentBatch, ctx: &Context) -> Result<Action, Error>
     if !halted(ctx, &uid).await {
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
-    forget(ctx, &uid).await;
-    ctx.deliveries.lock().expect("the lock is never poisoned. This is a bug.").remove(&uid);
+    gone(ctx, &uid).await;
     if let Ok(store) = Store::for_batch(&ctx.client, batch, &ctx.stores)
         && let Err(e) = store.delete_all().await
     {

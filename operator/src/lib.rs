@@ -1,7 +1,7 @@
 //! The KubeSentiment operator: `SentimentBatch` resources in, results out.
 //!
 //! # Layout
-//! - [`controller`]: reconcile with a finalizer; status through `kubesentiment_core::status`,
+//! - [`controller`]: reconcile (with a finalizer where results are outside the cluster); status through `kubesentiment_core::status`,
 //!   Events on transitions.
 //! - [`engine`]: the task that owns the scheduler and the endpoint pool and dispatches
 //!   chunks; it reaches inference and the results store only through two traits.

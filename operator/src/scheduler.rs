@@ -144,6 +144,11 @@ impl Scheduler {
         self.jobs.contains_key(job)
     }
 
+    /// Every job admitted and not yet removed.
+    pub fn ids(&self) -> impl Iterator<Item = &JobId> {
+        self.jobs.keys()
+    }
+
     /// Admits a job of `tenant` if its priority level and the total have room (leaving
     /// the room reserved for higher levels). Idempotent.
     pub fn admit(&mut self, job: &str, priority: Priority, tenant: Tenant, deadline: Instant, now: Instant) -> Result<(), QueueFull> {

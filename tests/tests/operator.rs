@@ -318,11 +318,20 @@ async fn cancel_delete_and_timeout_keep_what_was_done() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(inf.texts_inferred().await.unwrap() - inferred < 200.0, "work continued after the cancel");
 
-    // Delete mid-run: the batch goes, and its result ConfigMaps are garbage-collected.
-    let b = env.create("deleted", json!({"source": src, "maxBatchSize": 50})).await.unwrap();
+    // Delete mid-run: the batch goes at once (no finalizer: its results are ConfigMaps
+    // it owns), its work stops, and its result ConfigMaps are garbage-collected.
+    // Texts of its own, so none comes from the cache, and enough to outlast the checks.
+    env.configmap("other", json!({"lines": texts(10_000, "d").join("\n")})).await;
+    let other = json!({"configMapKeyRef": {"name": "other", "key": "lines"}});
+    let b = env.create("deleted", json!({"source": other, "maxBatchSize": 50})).await.unwrap();
     let uid = b.metadata.uid.clone().unwrap();
     env.progressed("deleted").await;
     env.batches().delete("deleted", &Default::default()).await.unwrap();
+    assert!(env.batches().get_opt("deleted").await.unwrap().is_none(), "no finalizer holds it");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let inferred = inf.texts_inferred().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(inf.texts_inferred().await.unwrap() - inferred < 200.0, "work continued after the delete");
     let cms: Api<ConfigMap> = env.ns.api();
     eventually(LONG, "the deleted batch's ConfigMaps collected", || {
         let (cms, api, uid) = (cms.clone(), env.batches(), uid.clone());

@@ -16,7 +16,7 @@ pub mod pool;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -155,6 +155,10 @@ pub(crate) enum Command {
     Remove {
         id: JobId,
     },
+    /// Removes every job not in `ids`.
+    Retain {
+        ids: HashSet<JobId>,
+    },
     Suspend {
         id: JobId,
     },
@@ -257,6 +261,13 @@ impl Engine {
         let _ = self.tx.send(Command::Remove { id: id.to_string() }).await;
     }
 
+    /// Removes every batch but `ids` (those that still exist), admitted or started: a
+    /// batch deleted without a finalizer between its reconcile's read and its admission
+    /// is not told apart otherwise.
+    pub async fn retain(&self, ids: HashSet<String>) {
+        let _ = self.tx.send(Command::Retain { ids }).await;
+    }
+
     /// Stops dispatching a batch's chunks; those in flight finish and commit. Its
     /// progress then shows `suspended`, and `in_flight` counting down to zero.
     pub async fn suspend(&self, id: &str) {
@@ -342,6 +353,14 @@ impl State {
         }
     }
 
+    /// Forgets a job: its admission slot, its queued chunks, and its work in flight.
+    fn remove(&mut self, id: &str) {
+        self.sched.remove(id);
+        if let Some(job) = self.jobs.remove(id) {
+            job.stop.cancel();
+        }
+    }
+
     fn handle(&mut self, cmd: Command) {
         let now = now();
         match cmd {
@@ -383,10 +402,11 @@ impl State {
                     eta_seconds: eta(j, now),
                 }));
             }
-            Command::Remove { id } => {
-                self.sched.remove(&id);
-                if let Some(job) = self.jobs.remove(&id) {
-                    job.stop.cancel();
+            Command::Remove { id } => self.remove(&id),
+            Command::Retain { ids } => {
+                let gone: HashSet<JobId> = self.sched.ids().chain(self.jobs.keys()).filter(|id| !ids.contains(*id)).cloned().collect();
+                for id in gone {
+                    self.remove(&id);
                 }
             }
             Command::Halt { id } => {

@@ -196,6 +196,11 @@ impl Harness {
     async fn start(&self, id: &str, texts: Arc<dyn TextSource>, sink: Arc<FakeSink>, within: Duration) {
         let deadline = now() + within;
         self.engine.admit(id, Priority::Medium, Tenant::new("t"), deadline).await.unwrap();
+        self.begin(id, texts, sink, deadline).await;
+    }
+
+    /// Starts job `id` over `texts`; the engine ignores it unless admitted.
+    async fn begin(&self, id: &str, texts: Arc<dyn TextSource>, sink: Arc<FakeSink>, deadline: Instant) {
         let job = JobStart {
             id: id.into(),
             object: ObjectRef::new(id).within("test"),
@@ -433,6 +438,31 @@ async fn a_removed_batch_stops_its_chunks_in_flight() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(sink.indices().is_empty(), "nothing is committed after the batch stopped");
     assert_eq!(pool.calls().len(), 2, "no new chunk is sent");
+    h.shut_down().await;
+}
+
+/// Retaining the batches that still exist removes the others: one running (its chunks in
+/// flight stop, nothing more is committed), one only admitted (its slot is freed, so a
+/// start that comes after is ignored); the one kept runs on.
+#[tokio::test(start_paused = true)]
+async fn retain_removes_every_batch_but_those_named() {
+    let (h, pool, gate, sink) = hanging(AsyncBatch { priority_medium_limit: 2, ..full_chunks(2) }).await;
+    let kept = Arc::new(FakeSink::default());
+    h.start("kept", items((0..10).map(|i| format!("kept {i}"))), kept.clone(), Duration::from_secs(600)).await;
+    let later = now() + Duration::from_secs(600);
+    assert_eq!(h.engine.admit("admitted", Priority::Medium, Tenant::new("t"), later).await, Err(QueueFull), "two slots taken");
+    h.engine.retain(HashSet::from(["kept".to_string()])).await;
+    assert!(h.engine.progress("job").await.is_none());
+    assert_eq!(h.engine.admit("admitted", Priority::Medium, Tenant::new("t"), later).await, Ok(()), "the removed batch's slot is free");
+    h.engine.retain(HashSet::from(["kept".to_string()])).await;
+    h.begin("admitted", items(distinct(10)), Arc::new(FakeSink::default()), later).await;
+    assert!(h.engine.progress("admitted").await.is_none(), "a start after its removal is ignored");
+    gate.send_replace(true);
+    assert!(h.settle("kept").await.done);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(sink.indices().is_empty(), "nothing is committed after the batch was removed");
+    assert_eq!(kept.indices().len(), 10);
+    assert_eq!(pool.calls().len(), 3, "the removed batch's two chunks in flight, then the kept batch's one");
     h.shut_down().await;
 }
 
