@@ -242,11 +242,16 @@ async fn sweep(ctx: Arc<Context>, reader: reflector::Store<SentimentBatch>, stop
     while stop.run_until_cancelled(tokio::time::sleep(SWEEP_PERIOD)).await.is_some() {
         let ids: HashSet<String> = reader.state().iter().filter_map(|b| b.uid()).collect();
         ctx.engine.retain(ids.clone()).await;
-        ctx.progress_written.lock().expect("the lock is never poisoned. This is a bug.").retain(|uid, _| ids.contains(uid));
-        ctx.fresh.lock().expect("the lock is never poisoned. This is a bug.").retain(|uid, _| ids.contains(uid));
-        ctx.failures.lock().expect("the lock is never poisoned. This is a bug.").retain(|uid, _| ids.contains(uid));
-        ctx.deliveries.lock().expect("the lock is never poisoned. This is a bug.").retain(|uid, _| ids.contains(uid));
+        keep_only(&ctx.progress_written, &ids);
+        keep_only(&ctx.fresh, &ids);
+        keep_only(&ctx.failures, &ids);
+        keep_only(&ctx.deliveries, &ids);
     }
+}
+
+/// Drops the entries of a map by batch UID but those of `ids`.
+fn keep_only<V>(map: &Mutex<HashMap<String, V>>, ids: &HashSet<String>) {
+    map.lock().expect("the lock is never poisoned. This is a bug.").retain(|uid, _| ids.contains(uid));
 }
 
 /// Whether `batch` needs the finalizer: results outside the cluster (`s3://`, `file://`)
