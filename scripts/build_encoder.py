@@ -1,22 +1,28 @@
 """Build the default encoder as a fused int8 ONNX graph from the fp32 weights of a BERT checkpoint.
 
-The graph is written directly in ONNX Runtime's fused operators where they are fast on
-CPU, so nothing depends on the optimizer recognising an exporter's pattern:
+The graph is written node by node, so nothing depends on the optimizer recognising an
+exporter's pattern:
 
     EmbedLayerNormalization        word + position + type embeddings, LayerNorm, mask index
     per layer:
-      Attention                    Q, K and V as one [d, 3d] product, softmax, heads
-      MatMul, Add, Add, LayerNormalization   output projection, bias, residual, LayerNorm
+      MatMul + SelfAttention       Q, K and V as one [d, 3d] product, then softmax and heads
+      MatMul + ResidualLayerNorm   output projection, bias, residual, LayerNorm
       MatMul + BiasGelu            feed-forward up-projection and exact (erf) GELU
-      MatMul, Add, Add, LayerNormalization   down-projection, bias, residual, LayerNorm
+      MatMul + ResidualLayerNorm   down-projection, bias, residual, LayerNorm
 
-The residual stream is kept as [tokens, d]: ONNX Runtime would otherwise fuse each
-Add + LayerNormalization into SkipLayerNormalization, whose CPU kernel is far slower
-(docs/MODELS.md has the measurements).
+`SelfAttention`, `ResidualLayerNorm` and `BiasGelu` are the inference server's own
+operators (domain `kubesentiment`, inference-server/src/model/kernels.rs): ONNX Runtime's
+CPU kernels for these steps took a third of the forward pass (docs/MODELS.md). The
+residual stream is kept as [tokens, d].
 
-`quantize_dynamic` then turns every Attention into QAttention and every MatMul into an
-int8 product, with weights quantized per output channel where ONNX Runtime supports it,
-and activations quantized on the fly (u8 x s8, the VNNI `vpdpbusd` shape).
+`quantize_dynamic` then turns every MatMul into an int8 product with weights quantized
+per output channel, and activations quantized on the fly (u8 x s8, the VNNI `vpdpbusd`
+shape).
+
+The same graph in ONNX Runtime's own operators (`Attention`, `BiasGelu`, and `Add, Add,
+LayerNormalization`) is what `--fp32` writes, and what is checked against a plain numpy
+BERT on random ids before anything is written (a difference over 1e-3 stops the build);
+the server's tests hold the int8 graph to that fp32 graph.
 
 Inputs and output keep the names and types every BERT export has (int64 `input_ids`,
 `attention_mask`, `token_type_ids`; float `last_hidden_state [b, s, d]`), so the
@@ -25,9 +31,8 @@ becomes one length per row.
 
 usage: python build_encoder.py MODEL_DIR OUT.onnx [--fp32]
   MODEL_DIR holds config.json and model.safetensors (a BertModel, as sentence-transformers
-  ships it); --fp32 writes the fused graph without quantizing (the reference the int8
-  graph is tested against). Before quantizing, the fp32 graph is checked against a plain
-  numpy BERT on random ids; a difference over 1e-3 stops the build.
+  ships it); --fp32 writes the graph in ONNX Runtime's operators without quantizing (the
+  reference the int8 graph is tested against).
 """
 
 import json
@@ -44,6 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 MS = "com.microsoft"
+KS = "kubesentiment"  # the inference server's own operators (inference-server/src/model/kernels.rs)
 
 
 def safetensors(path: str) -> dict[str, np.ndarray]:
@@ -62,11 +68,15 @@ def safetensors(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def build(weights: dict[str, np.ndarray], config: dict) -> onnx.ModelProto:
+def build(weights: dict[str, np.ndarray], config: dict, kernels: bool = False) -> onnx.ModelProto:
+    """The fused graph; with `kernels`, attention and GELU are the inference server's own
+    operators (domain `kubesentiment`), which only it can run."""
     heads, d = config["num_attention_heads"], config["hidden_size"]
     eps = float(config.get("layer_norm_eps", 1e-12))
     if config.get("hidden_act", "gelu") != "gelu":
         raise SystemExit(f"hidden_act {config['hidden_act']!r}: only gelu is built")
+    if kernels and d // heads not in (16, 32, 64, 128):
+        raise SystemExit(f"heads of {d // heads}: the server's SelfAttention runs heads of 16, 32, 64 or 128")
     prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
     w = lambda name: weights[prefix + name]  # noqa: E731
 
@@ -82,6 +92,8 @@ def build(weights: dict[str, np.ndarray], config: dict) -> onnx.ModelProto:
         return output
 
     def residual_norm(x: str, bias: str, skip: str, gamma: str, beta: str, out: str) -> str:
+        if kernels:
+            return node("ResidualLayerNorm", [x, bias, skip, gamma, beta], out, domain=KS, epsilon=eps)
         # Add, Add, LayerNormalization on [tokens, d]. ONNX Runtime fuses this pattern into
         # SkipLayerNormalization only on 3-d tensors, and its CPU kernel for that was about
         # 5x slower here than these three (docs/MODELS.md).
@@ -116,19 +128,25 @@ def build(weights: dict[str, np.ndarray], config: dict) -> onnx.ModelProto:
         p = f"encoder.layer.{i}."
         qkv_w = np.concatenate([w(p + f"attention.self.{k}.weight").T for k in ("query", "key", "value")], axis=1)
         qkv_b = np.concatenate([w(p + f"attention.self.{k}.bias") for k in ("query", "key", "value")])
-        attn = node(
-            "Attention",
-            [node("Reshape", [x, cube], f"l{i}_in"), const(f"l{i}_qkv_w", qkv_w), const(f"l{i}_qkv_b", qkv_b), "mask_index"],
-            f"l{i}_attn", domain=MS, num_heads=heads,
-        )
-        proj = node("MatMul", [node("Reshape", [attn, flat], f"l{i}_attn_flat"), const(f"l{i}_o_w", w(p + "attention.output.dense.weight").T)], f"l{i}_proj")
+        if kernels:
+            # one int8 QKV product, then attention on [tokens, 3d] as one operator
+            qkv = node("MatMul", [x, const(f"l{i}_qkv_w", qkv_w)], f"l{i}_qkv")
+            attn = node("SelfAttention", [qkv, const(f"l{i}_qkv_b", qkv_b), "mask_index"], f"l{i}_attn", domain=KS, num_heads=heads)
+        else:
+            attn = node(
+                "Attention",
+                [node("Reshape", [x, cube], f"l{i}_in"), const(f"l{i}_qkv_w", qkv_w), const(f"l{i}_qkv_b", qkv_b), "mask_index"],
+                f"l{i}_attn3", domain=MS, num_heads=heads,
+            )
+            attn = node("Reshape", [attn, flat], f"l{i}_attn")
+        proj = node("MatMul", [attn, const(f"l{i}_o_w", w(p + "attention.output.dense.weight").T)], f"l{i}_proj")
         h1 = residual_norm(
             proj, const(f"l{i}_o_b", w(p + "attention.output.dense.bias")), x,
             const(f"l{i}_ln1_g", w(p + "attention.output.LayerNorm.weight")),
             const(f"l{i}_ln1_b", w(p + "attention.output.LayerNorm.bias")), f"l{i}_h1",
         )
         up = node("MatMul", [h1, const(f"l{i}_up_w", w(p + "intermediate.dense.weight").T)], f"l{i}_up")
-        act = node("BiasGelu", [up, const(f"l{i}_up_b", w(p + "intermediate.dense.bias"))], f"l{i}_gelu", domain=MS)
+        act = node("BiasGelu", [up, const(f"l{i}_up_b", w(p + "intermediate.dense.bias"))], f"l{i}_gelu", domain=KS if kernels else MS)
         down = node("MatMul", [act, const(f"l{i}_down_w", w(p + "output.dense.weight").T)], f"l{i}_down")
         x = residual_norm(
             down, const(f"l{i}_down_b", w(p + "output.dense.bias")), h1,
@@ -145,7 +163,8 @@ def build(weights: dict[str, np.ndarray], config: dict) -> onnx.ModelProto:
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", d])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)] + ([helper.make_opsetid(KS, 1)] if kernels else [])
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     return model
 
@@ -210,9 +229,12 @@ def main(src: str, dst: str, *flags: str) -> None:
         if "--fp32" in flags:
             shutil.move(fused, dst + ".tmp")
         else:
+            # The same graph with the server's own attention and GELU (ONNX Runtime cannot
+            # run it here; the server's tests hold it to the fp32 graph verified above).
+            onnx.save(build(weights, config, kernels=True), fused)
             quantize_dynamic(
                 fused, dst + ".tmp", weight_type=QuantType.QInt8, per_channel=True,
-                op_types_to_quantize=["Attention", "MatMul"],
+                op_types_to_quantize=["MatMul"],
                 # shape inference cannot see through the com.microsoft operators
                 extra_options={"DefaultTensorType": TensorProto.FLOAT},
             )

@@ -14,12 +14,24 @@ Each encoder's line also has `op_shares`: the share of its kernel time each oper
 takes (ONNX Runtime's profiler, the same session settings), i.e. where the time that is
 not int8 products goes.
 
-usage: python int8_peak.py [ENCODER.onnx ...]   prints one line per measure, as JSON
+The built-in encoder uses the inference server's own operators, which only the server
+runs, so it is measured there, in the same run:
+
+    inference-server bench --batch-sizes 32 --tokens 16 --concurrency 0 --rounds 1 --json B.json \
+        --ort-profile /tmp/p
+    python int8_peak.py --bench B.json --profile /tmp/p_<date>.json
+
+`--bench` takes the bare batch-32 x 16-token point of the server's report, `--profile`
+sums ONNX Runtime's profile of that session by operator (the first file the bench writes
+is the bare-forward session's).
+
+usage: python int8_peak.py [--bench REPORT.json] [--profile PROFILE.json] [ENCODER.onnx ...]
+  prints one line per measure, as JSON
 """
 
+import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -77,7 +89,7 @@ def encoder(path: str, batch: int = 32, tokens: int = 16, layers: int = 6, d: in
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     feed = {i.name: feed[i.name] for i in s.get_inputs()}
     texts = rate(lambda: s.run(None, feed)) * batch
-    ops = 2 * tokens * layers * (d * 3 * d + d * d + 2 * d * f)
+    ops = ops_per_text(tokens, layers, d, f)
     return {"model": path, "batch": batch, "tokens": tokens, "texts_per_s": round(texts), "gop_per_s": round(texts * ops / 1e9, 1),
             "op_shares": op_shares(path, feed)}
 
@@ -88,9 +100,15 @@ def op_shares(path: str, feed: dict, runs: int = 100) -> dict:
     for _ in range(runs):
         s.run(None, feed)
     trace = s.end_profiling()
+    shares = profile_shares(trace)
+    os.remove(trace)
+    return shares
+
+
+def profile_shares(trace: str) -> dict:
+    """Each operator type's share of the kernel time in an ONNX Runtime profile."""
     with open(trace) as f:
         events = json.load(f)
-    os.remove(trace)
     spent: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
@@ -99,7 +117,16 @@ def op_shares(path: str, feed: dict, runs: int = 100) -> dict:
     return {op: round(t / total, 3) for op, t in sorted(spent.items(), key=lambda kv: -kv[1]) if t / total >= 0.005}
 
 
-def main(models: list[str]) -> None:
+def ops_per_text(tokens: int = 16, layers: int = 6, d: int = 384, f: int = 1536) -> int:
+    return 2 * tokens * layers * (d * 3 * d + d * d + 2 * d * f)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bench", help="inference-server bench's --json report")
+    parser.add_argument("--profile", help="an ONNX Runtime profile (inference-server --ort-profile)")
+    parser.add_argument("models", nargs="*", help="encoder graphs in ONNX Runtime's own operators")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         best = 0.0
         for m, k, n in ((512, 384, 1536), (512, 1536, 384), (2048, 1536, 1536)):
@@ -107,11 +134,21 @@ def main(models: list[str]) -> None:
             best = max(best, gops)
             print(json.dumps({"gemm": [m, k, n], "gop_per_s": round(gops, 1)}))
         print(json.dumps({"int8_limit_gop_per_s": round(best, 1)}))
-        for path in models:
+        for path in args.models:
             point = encoder(path)
             point["share_of_limit"] = round(point["gop_per_s"] / best, 3)
             print(json.dumps(point))
+    if args.bench:
+        with open(args.bench) as f:
+            report = json.load(f)
+        for p in report["points"]:
+            if p["what"] == "bare" and p["batch"] == 32 and p["tokens"] == 16:
+                gops = p["texts_per_s"] * ops_per_text() / 1e9
+                print(json.dumps({"model": report["model"], "server": True, "batch": 32, "tokens": 16, "texts_per_s": round(p["texts_per_s"]),
+                                  "gop_per_s": round(gops, 1), "share_of_limit": round(gops / best, 3)}))
+    if args.profile:
+        print(json.dumps({"profile": args.profile, "op_shares": profile_shares(args.profile)}))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

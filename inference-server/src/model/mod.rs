@@ -13,6 +13,7 @@
 pub mod classifier;
 pub mod files;
 pub mod head;
+pub mod kernels;
 pub mod onnx;
 pub mod source;
 pub mod tokenize;

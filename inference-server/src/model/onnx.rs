@@ -26,11 +26,16 @@ pub struct RuntimeConfig {
     /// Let ONNX Runtime's threads spin while waiting for work (burns CPU when idle).
     #[arg(long, env = "INFERENCE_SPIN", default_value_t = false)]
     pub spin: bool,
+    /// Write ONNX Runtime's per-operator profile of each session, as JSON, to files named
+    /// `<PREFIX>_<date>.json` (when the session ends); `scripts/int8_peak.py --profile`
+    /// sums it by operator.
+    #[arg(long, env = "INFERENCE_ORT_PROFILE")]
+    pub ort_profile: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { ort_dylib: None, intra_threads: 2, spin: false }
+        Self { ort_dylib: None, intra_threads: 2, spin: false, ort_profile: None }
     }
 }
 
@@ -74,12 +79,17 @@ pub struct OrtBackend {
 
 impl OrtBackend {
     pub fn new(env: &Environment, files: &ModelFiles, head: Option<Arc<LinearHead>>, cfg: &RuntimeConfig) -> Result<Self, ModelError> {
-        let session = Session::builder(env)?
+        let mut builder = Session::builder(env)?;
+        if let Some(prefix) = &cfg.ort_profile {
+            builder = builder.with_profiling(prefix)?;
+        }
+        let session = builder
             .with_optimization_level(GraphOptimizationLevel::Level3)?
             .with_intra_threads(cfg.intra_threads.max(1))?
             .with_inter_threads(1)?
             .with_intra_op_spinning(cfg.spin)?
             .with_inter_op_spinning(cfg.spin)?
+            .with_operators(super::kernels::domain()?)?
             .commit_from_file(&files.onnx)?;
         let mut wants_mask = false;
         let mut wants_type_ids = false;
