@@ -39,30 +39,43 @@ fn input_error(what: &str) -> ort::Error {
     ort::Error::new(format!("kubesentiment operator: {what}"))
 }
 
-/// Output slices that parallel work items fill, each its own disjoint part.
-struct Shared(*mut f32);
-// SAFETY: every user writes only the rows of its own work item, which do not overlap.
-unsafe impl Sync for Shared {}
-unsafe impl Send for Shared {}
+/// A buffer whose disjoint pieces parallel work items fill.
+struct Shared<T>(*mut T);
+// SAFETY: every user writes only its own piece; `parallel_chunks` hands out disjoint ones.
+unsafe impl<T: Send> Sync for Shared<T> {}
+unsafe impl<T: Send> Send for Shared<T> {}
 
-impl Shared {
+impl<T> Shared<T> {
     /// # Safety
-    /// `range` must lie inside the buffer and no other work item may touch it.
+    /// `start..start + len` must lie inside the buffer, and no one else may touch it.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 }
 
-/// Runs `work(item)` for every item in `0..items` on ONNX Runtime's intra-op threads.
-fn parallel(ctx: &ComputeContext, items: usize, work: impl Fn(usize) + Sync + Send) -> ort::Result<()> {
+/// Runs `work(i, piece)` for each `chunk`-long piece of `out` (the last may be shorter),
+/// on ONNX Runtime's intra-op threads.
+fn parallel_chunks<T: Send>(
+    ctx: &ComputeContext,
+    out: &mut [T],
+    chunk: usize,
+    work: impl Fn(usize, &mut [T]) + Sync + Send,
+) -> ort::Result<()> {
+    let (len, items) = (out.len(), out.len().div_ceil(chunk.max(1)));
+    let shared = Shared(out.as_mut_ptr());
+    let piece = |i: usize| {
+        let start = i * chunk;
+        // SAFETY: the pieces are disjoint, inside `out`, and `out` outlives every item.
+        work(i, unsafe { shared.slice(start, chunk.min(len - start)) })
+    };
     match items {
         0 => Ok(()),
         1 => {
-            work(0);
+            piece(0);
             Ok(())
         }
-        _ => ctx.par_for(items, 0, work),
+        _ => ctx.par_for(items, 0, piece),
     }
 }
 
@@ -100,12 +113,7 @@ impl Operator for SelfAttention {
             let shape = Shape::attention(shape, bias.len(), lengths.len(), heads).map_err(|e| input_error(&e))?;
             let mut out = ctx.output(0, [shape.tokens() as i64, shape.d as i64])?.ok_or_else(|| input_error("SelfAttention: no output"))?;
             let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-            let shared = Shared(out.as_mut_ptr());
-            parallel(ctx, shape.batch, |row| {
-                let width = shape.sequence * shape.d;
-                // SAFETY: each row writes only its own tokens.
-                attend(&shape, qkv, bias, lengths[row], row, unsafe { shared.slice(row * width, width) });
-            })
+            parallel_chunks(ctx, out, shape.sequence * shape.d, |row, out| attend(&shape, qkv, bias, lengths[row], row, out))
         }))
     }
 }
@@ -294,13 +302,9 @@ impl Operator for ResidualLayerNorm {
             }
             let mut out = ctx.output(0, shape.to_vec())?.ok_or_else(|| input_error("ResidualLayerNorm: no output"))?;
             let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-            let shared = Shared(out.as_mut_ptr());
-            parallel(ctx, (x.len() / d).div_ceil(NORM_ROWS), |item| {
-                let start = item * NORM_ROWS * d;
-                let len = (NORM_ROWS * d).min(x.len() - start);
-                // SAFETY: each item writes only its own tokens.
-                let out = unsafe { shared.slice(start, len) };
-                residual_layer_norm(&x[start..][..len], &skip[start..][..len], params, epsilon, out);
+            parallel_chunks(ctx, out, NORM_ROWS * d, |i, out| {
+                let at = i * NORM_ROWS * d;
+                residual_layer_norm(&x[at..][..out.len()], &skip[at..][..out.len()], params, epsilon, out);
             })
         }))
     }
@@ -365,15 +369,7 @@ impl Operator for BiasGelu {
             }
             let mut out = ctx.output(0, shape.to_vec())?.ok_or_else(|| input_error("BiasGelu: no output"))?;
             let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-            let rows = x.len() / f;
-            let shared = Shared(out.as_mut_ptr());
-            parallel(ctx, rows.div_ceil(GELU_ROWS), |item| {
-                let start = item * GELU_ROWS * f;
-                let len = (GELU_ROWS * f).min(x.len() - start);
-                // SAFETY: each item writes only its own rows.
-                let out = unsafe { shared.slice(start, len) };
-                bias_gelu(&x[start..start + len], bias, out);
-            })
+            parallel_chunks(ctx, out, GELU_ROWS * f, |i, out| bias_gelu(&x[i * GELU_ROWS * f..][..out.len()], bias, out))
         }))
     }
 }
@@ -383,10 +379,15 @@ impl Operator for BiasGelu {
 pub fn bias_gelu(x: &[f32], bias: &[f32], out: &mut [f32]) {
     for (xr, or) in x.chunks_exact(bias.len()).zip(out.chunks_exact_mut(bias.len())) {
         for ((o, x), b) in or.iter_mut().zip(xr).zip(bias) {
-            let v = x + b;
-            *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+            *o = gelu(x + b);
         }
     }
+}
+
+/// Exact GELU, `x·Φ(x)`.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// e^x for x in [-87, 88] (clamped there), relative error about 2e-7: 2^n times
