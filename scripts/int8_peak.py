@@ -25,7 +25,11 @@ runs, so it is measured there, in the same run:
 sums ONNX Runtime's profile of that session by operator (the first file the bench writes
 is the bare-forward session's).
 
-usage: python int8_peak.py [--bench REPORT.json] [--profile PROFILE.json] [ENCODER.onnx ...]
+`--products` adds each of the encoder's four products at batch 32 x 16 tokens, bare
+(`MatMulInteger`) and as the encoder runs them (`DynamicQuantizeMatMul`: the activations
+quantized on the fly, the result scaled back to f32).
+
+usage: python int8_peak.py [--bench REPORT.json] [--profile PROFILE.json] [--products] [ENCODER.onnx ...]
   prints one line per measure, as JSON
 """
 
@@ -82,6 +86,29 @@ def gemm(m: int, k: int, n: int, tmp: str) -> float:
     return rate(lambda: s.run(None, {"a": a})) * 2 * m * k * n / 1e9
 
 
+def dynamic_gemm(m: int, k: int, n: int, tmp: str) -> float:
+    """GOP/s of the same product as the encoder runs it: `DynamicQuantizeMatMul` (quantize
+    the f32 activations, the u8 x s8 product, scale back to f32 per channel)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "b"),
+        numpy_helper.from_array(rng.random(n, dtype=np.float32) * 0.01, "b_scale"),
+        numpy_helper.from_array(np.zeros(n, np.int8), "b_zero"),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeMatMul", ["a", "b", "b_scale", "b_zero"], ["y"], domain="com.microsoft")],
+        "dqmm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        inits,
+    )
+    path = os.path.join(tmp, f"dqmm-{m}-{k}-{n}.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]), path)
+    s = session(path)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    return rate(lambda: s.run(None, {"a": a})) * 2 * m * k * n / 1e9
+
+
 def encoder(path: str, batch: int = 32, tokens: int = 16, layers: int = 6, d: int = 384, f: int = 1536) -> dict:
     s = session(path)
     ids = np.full((batch, tokens), 2000, dtype=np.int64)
@@ -125,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", help="inference-server bench's --json report")
     parser.add_argument("--profile", help="an ONNX Runtime profile (inference-server --ort-profile)")
+    parser.add_argument("--products", action="store_true", help="also each of the encoder's four products, bare and as it runs them")
     parser.add_argument("models", nargs="*", help="encoder graphs in ONNX Runtime's own operators")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,6 +162,11 @@ def main() -> None:
             best = max(best, gops)
             print(json.dumps({"gemm": [m, k, n], "gop_per_s": round(gops, 1)}))
         print(json.dumps({"int8_limit_gop_per_s": round(best, 1)}))
+        # QKV, output projection, up- and down-projection at batch 32 x 16 tokens
+        for m, k, n in ((512, 384, 1152), (512, 384, 384), (512, 384, 1536), (512, 1536, 384)) if args.products else ():
+            bare, wrapped = gemm(m, k, n, tmp), dynamic_gemm(m, k, n, tmp)
+            print(json.dumps({"product": [m, k, n], "matmul_integer_gop_per_s": round(bare, 1), "dynamic_quantize_matmul_gop_per_s": round(wrapped, 1),
+                              "share_of_limit": round(wrapped / best, 3)}))
         for path in args.models:
             point = encoder(path)
             point["share_of_limit"] = round(point["gop_per_s"] / best, 3)
