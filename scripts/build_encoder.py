@@ -69,8 +69,8 @@ def safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def build(weights: dict[str, np.ndarray], config: dict, kernels: bool = False) -> onnx.ModelProto:
-    """The fused graph; with `kernels`, attention and GELU are the inference server's own
-    operators (domain `kubesentiment`), which only it can run."""
+    """The fused graph; with `kernels`, attention, GELU and the residual LayerNorms are the
+    inference server's own operators (domain `kubesentiment`), which only it can run."""
     heads, d = config["num_attention_heads"], config["hidden_size"]
     eps = float(config.get("layer_norm_eps", 1e-12))
     if config.get("hidden_act", "gelu") != "gelu":
@@ -229,8 +229,9 @@ def main(src: str, dst: str, *flags: str) -> None:
         if "--fp32" in flags:
             shutil.move(fused, dst + ".tmp")
         else:
-            # The same graph with the server's own attention and GELU (ONNX Runtime cannot
-            # run it here; the server's tests hold it to the fp32 graph verified above).
+            # The same graph with the server's own attention, GELU and LayerNorms (ONNX
+            # Runtime cannot run it here; the server's tests hold it to the fp32 graph
+            # verified above).
             onnx.save(build(weights, config, kernels=True), fused)
             quantize_dynamic(
                 fused, dst + ".tmp", weight_type=QuantType.QInt8, per_channel=True,

@@ -5,23 +5,22 @@
 //!   attribute `num_heads`: multi-head attention after one QKV product, rows padded on
 //!   the right, `mask_index` each row's length (as `EmbedLayerNormalization` writes it).
 //!   `QAttention` runs each head's two small products as library GEMM calls, hundreds of
-//!   them a layer at short lengths; here each (row, head) is done in place in a few
-//!   vector loops.
+//!   them a layer at short lengths; here one text's heads are a few vector loops each.
 //! - `BiasGelu(x [.., f], bias [f]) -> [.., f]`: exact GELU, `x·Φ(x)` with erf, of
 //!   `x + bias`. ONNX Runtime's erf is four lanes wide; this one is as wide as the CPU.
-//!
 //! - `ResidualLayerNorm(x [tokens, d], bias [d], skip [tokens, d], gamma [d], beta [d])
 //!   -> [tokens, d]`, attribute `epsilon`: `LayerNorm(x + bias + skip)`, the residual
 //!   step after each projection, in one pass instead of ONNX Runtime's three (two `Add`s
 //!   and `LayerNormalization`, each a trip through memory).
 //!
 //! `scripts/build_encoder.py` writes them into the int8 graph; every session registers
-//! them ([`domain`]), so graphs without them load as before. The loops are plain Rust,
-//! compiled for AVX-512 and AVX2 besides the baseline and picked at run time
-//! (`multiversion`); ONNX Runtime's intra-op threads share the work (`par_for`).
-//! The tests hold both to a direct reading of their definitions, and
+//! them ([`domain`]), so graphs without them load as before. The loops are plain Rust
+//! over fixed 16-lane blocks, compiled for AVX-512 and AVX2 besides the baseline and
+//! picked at run time (`multiversion`); ONNX Runtime's intra-op threads share the work
+//! (`par_for`). The tests hold each to a direct f64 reading of its definition, and
 //! `the_int8_encoder_stays_within_its_tolerance_of_the_fp32_model` holds the graph that
-//! uses them to the fp32 graph in ONNX Runtime's own operators.
+//! uses them to the same model in ONNX Runtime's own operators. docs/MODELS.md has what
+//! each was worth.
 
 use multiversion::multiversion;
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput};
@@ -30,7 +29,7 @@ use ort::value::TensorElementType;
 /// The operator domain the default encoder's graph imports.
 pub const DOMAIN: &str = "kubesentiment";
 
-/// The domain with both operators, to register on a session.
+/// The domain with all three operators, to register on a session.
 pub fn domain() -> ort::Result<OperatorDomain> {
     OperatorDomain::new(DOMAIN)?.add(SelfAttention)?.add(BiasGelu)?.add(ResidualLayerNorm)
 }
