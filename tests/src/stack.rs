@@ -121,6 +121,12 @@ impl Inference {
         Ok(Inference { proc, port })
     }
 
+    /// An inference server on one intra-op thread, for tests whose batches must outlast
+    /// a deadline ([`crate::OUTLASTING`]).
+    pub fn one_thread() -> Result<Inference> {
+        Self::start(&["--intra-threads", "1"])
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -247,7 +247,8 @@ async fn a_rest_job_is_computed_by_inference_pods() {
 #[tokio::test]
 async fn deleting_an_inference_pod_mid_batch_loses_and_duplicates_nothing() {
     let Some(r) = release().await else { return };
-    let n = 3000;
+    // enough that the batch is still running when the pod goes, on a fast CPU too
+    let n = 6000;
     let (ns, batches) = batch("inference-dies", n).await.unwrap();
     progressed(&batches, "inference-dies", 100).await.unwrap();
     let victim = r.ready("inference", 1).await.unwrap().remove(0);
@@ -263,7 +264,7 @@ async fn deleting_an_inference_pod_mid_batch_loses_and_duplicates_nothing() {
 #[tokio::test]
 async fn deleting_the_leader_hands_every_batch_to_the_other_replica() {
     let Some(r) = release().await else { return };
-    let n = 3000;
+    let n = 6000;
     r.ready("operator", 2).await.unwrap();
     let (ns, batches) = batch("leader-dies", n).await.unwrap();
     progressed(&batches, "leader-dies", 100).await.unwrap();

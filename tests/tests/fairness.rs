@@ -14,7 +14,7 @@ use kubesentiment_core::crd::Phase;
 use kubesentiment_core::names::{BATCH_UID_LABEL, RESULTS_KIND_LABEL, TENANT_LABEL};
 use kubesentiment_tests::batches::{Env, condition, env, status};
 use kubesentiment_tests::stack::{Inference, Proc, operator, register};
-use kubesentiment_tests::{eventually, texts};
+use kubesentiment_tests::{OUTLASTING, eventually, texts};
 use serde_json::json;
 
 /// Waits until `n` batches of `env` are admitted and waiting for an endpoint.
@@ -187,10 +187,10 @@ async fn a_text_that_crashes_its_server_fails_alone() {
 #[tokio::test]
 async fn no_part_lands_after_a_cancel_or_an_expiry() {
     let Some(env) = env("fenced").await else { return };
-    let inf = Inference::start(&[]).unwrap();
+    let inf = Inference::one_thread().unwrap();
     register(&env.ns, &[inf.port]).await.unwrap();
     let _op = operator(env.cluster, &env.ns.name, &["--workers", "4"], &[]).unwrap();
-    env.configmap("src", json!({"lines": texts(3000, "fenced").join("\n")})).await;
+    env.configmap("src", json!({"lines": texts(OUTLASTING, "fenced").join("\n")})).await;
     let source = json!({"configMapKeyRef": {"name": "src", "key": "lines"}});
     env.create("cancelled", json!({"source": source, "maxBatchSize": 20})).await.unwrap();
     env.create("expired", json!({"source": source, "maxBatchSize": 20, "timeoutSeconds": 3})).await.unwrap();
@@ -199,7 +199,7 @@ async fn no_part_lands_after_a_cancel_or_an_expiry() {
     for (name, phase) in [("cancelled", Phase::Cancelled), ("expired", Phase::Expired)] {
         let b = env.phase(name, phase).await;
         let ok = status(&b).summary.as_ref().map_or(0, |s| s.successful_predictions);
-        assert!(ok > 0 && ok < 3000, "{name}: stopped mid-run with {ok} done");
+        assert!(ok > 0 && ok < OUTLASTING as i64, "{name}: stopped mid-run with {ok} done");
         // Chunks that were in flight at the end had seconds to land, if they could.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let mut indices = stored_indices(&env, b.metadata.uid.as_deref().unwrap()).await;

@@ -18,12 +18,12 @@ use kubesentiment_core::names::{BATCH_UID_LABEL, RESULTS_KIND_LABEL};
 use kubesentiment_core::store::Store;
 use kubesentiment_tests::batches::{Env, LONG, condition, env, status};
 use kubesentiment_tests::stack::{Inference, S3, facade, operator, register};
-use kubesentiment_tests::{eventually, texts};
+use kubesentiment_tests::{OUTLASTING, eventually, texts};
 use serde_json::json;
 
 async fn with_inference(prefix: &str) -> Option<(Env, Inference)> {
     let env = env(prefix).await?;
-    let inf = Inference::start(&[]).unwrap();
+    let inf = Inference::one_thread().unwrap();
     register(&env.ns, &[inf.port]).await.unwrap();
     Some((env, inf))
 }
@@ -48,7 +48,7 @@ fn wait(env: &Env, name: &str, condition: &str, secs: u32) -> bool {
 async fn kubectl_wait_works_as_for_a_job() {
     let Some((env, _inf)) = with_inference("wait").await else { return };
     let _op = operator(env.cluster, &env.ns.name, &[], &[]).unwrap();
-    let big = texts(3000, "w").join("\n");
+    let big = texts(OUTLASTING, "w").join("\n");
     env.configmap("big", json!({"lines": big})).await;
     env.create("ok", json!({"texts": ["a fine day", "a terrible day"]})).await.unwrap();
     env.create("wrong-model", json!({"texts": ["hello"], "model": "not-the-served-model"})).await.unwrap();
