@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ndarray::{Array2, Ix2, Ix3};
 use ort::environment::Environment;
@@ -40,6 +40,12 @@ impl Default for RuntimeConfig {
 }
 
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// Held while a session is built. A session that registers the server's operators
+/// ([`super::kernels::domain`]) adds their domain to ONNX Runtime's process-wide schema
+/// registry, and two doing it at once fail ("the domain is already exist"): inference
+/// threads each build their session at start, together.
+static BUILDING: Mutex<()> = Mutex::new(());
 
 /// Loads ONNX Runtime once per process; later calls reuse the first library loaded.
 pub fn environment(dylib: &Path) -> Result<Environment, ModelError> {
@@ -79,6 +85,7 @@ pub struct OrtBackend {
 
 impl OrtBackend {
     pub fn new(env: &Environment, files: &ModelFiles, head: Option<Arc<LinearHead>>, cfg: &RuntimeConfig) -> Result<Self, ModelError> {
+        let building = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut builder = Session::builder(env)?;
         if let Some(prefix) = &cfg.ort_profile {
             builder = builder.with_profiling(prefix)?;
@@ -91,6 +98,7 @@ impl OrtBackend {
             .with_inter_op_spinning(cfg.spin)?
             .with_operators(super::kernels::domain()?)?
             .commit_from_file(&files.onnx)?;
+        drop(building);
         let mut wants_mask = false;
         let mut wants_type_ids = false;
         let mut has_ids = false;
