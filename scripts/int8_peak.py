@@ -68,22 +68,29 @@ def rate(run) -> float:
     return calls / (time.perf_counter() - start)
 
 
+def product(node: onnx.NodeProto, a: np.ndarray, n: int, inits: list, tmp: str) -> float:
+    """GOP/s (2 x m x k x n per call) of a graph of the one product `node`, fed `a` [m, k]."""
+    (m, k), out = a.shape, TensorProto.INT32 if node.op_type == "MatMulInteger" else TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node],
+        node.op_type,
+        [helper.make_tensor_value_info("a", helper.np_dtype_to_tensor_dtype(a.dtype), [m, k])],
+        [helper.make_tensor_value_info("y", out, [m, n])],
+        inits,
+    )
+    path = os.path.join(tmp, f"{node.op_type}-{m}-{k}-{n}.onnx")
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), path)
+    s = session(path)
+    return rate(lambda: s.run(None, {"a": a})) * 2 * m * k * n / 1e9
+
+
 def gemm(m: int, k: int, n: int, tmp: str) -> float:
-    """GOP/s (2 x m x k x n per call) of one u8 x s8 MatMulInteger."""
+    """GOP/s of one u8 x s8 MatMulInteger."""
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "b")
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
-        "gemm",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
-        [weight],
-    )
-    path = os.path.join(tmp, f"gemm-{m}-{k}-{n}.onnx")
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    s = session(path)
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)
-    return rate(lambda: s.run(None, {"a": a})) * 2 * m * k * n / 1e9
+    return product(helper.make_node("MatMulInteger", ["a", "b"], ["y"]), a, n, [weight], tmp)
 
 
 def dynamic_gemm(m: int, k: int, n: int, tmp: str) -> float:
@@ -95,18 +102,8 @@ def dynamic_gemm(m: int, k: int, n: int, tmp: str) -> float:
         numpy_helper.from_array(rng.random(n, dtype=np.float32) * 0.01, "b_scale"),
         numpy_helper.from_array(np.zeros(n, np.int8), "b_zero"),
     ]
-    graph = helper.make_graph(
-        [helper.make_node("DynamicQuantizeMatMul", ["a", "b", "b_scale", "b_zero"], ["y"], domain="com.microsoft")],
-        "dqmm",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
-        inits,
-    )
-    path = os.path.join(tmp, f"dqmm-{m}-{k}-{n}.onnx")
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]), path)
-    s = session(path)
-    a = rng.standard_normal((m, k), dtype=np.float32)
-    return rate(lambda: s.run(None, {"a": a})) * 2 * m * k * n / 1e9
+    node = helper.make_node("DynamicQuantizeMatMul", ["a", "b", "b_scale", "b_zero"], ["y"], domain="com.microsoft")
+    return product(node, rng.standard_normal((m, k), dtype=np.float32), n, inits, tmp)
 
 
 def encoder(path: str, batch: int = 32, tokens: int = 16, layers: int = 6, d: int = 384, f: int = 1536) -> dict:

@@ -24,7 +24,7 @@
 
 use multiversion::multiversion;
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput};
-use ort::value::TensorElementType;
+use ort::value::{IntoShape, TensorElementType, ValueRef, ValueRefMut};
 
 /// The operator domain the default encoder's graph imports.
 pub const DOMAIN: &str = "kubesentiment";
@@ -34,8 +34,18 @@ pub fn domain() -> ort::Result<OperatorDomain> {
     OperatorDomain::new(DOMAIN)?.add(SelfAttention)?.add(BiasGelu)?.add(ResidualLayerNorm)
 }
 
-fn input_error(what: &str) -> ort::Error {
+fn op_error(what: &str) -> ort::Error {
     ort::Error::new(format!("kubesentiment operator: {what}"))
+}
+
+/// Input `i` of operator `op`, which declares it required.
+fn input<'a>(ctx: &'a ComputeContext, op: &str, i: usize) -> ort::Result<ValueRef<'a>> {
+    ctx.input(i)?.ok_or_else(|| op_error(&format!("{op}: input {i} is missing")))
+}
+
+/// The output of operator `op`, allocated at `shape`.
+fn output<'a>(ctx: &'a ComputeContext, op: &str, shape: impl IntoShape) -> ort::Result<ValueRefMut<'a>> {
+    ctx.output(0, shape)?.ok_or_else(|| op_error(&format!("{op}: no output")))
 }
 
 /// A buffer whose disjoint pieces parallel work items fill.
@@ -100,17 +110,15 @@ impl Operator for SelfAttention {
     }
 
     fn create_kernel<'attr>(&self, info: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let heads = info.get::<i64>("num_heads").filter(|h| *h > 0).ok_or_else(|| input_error("SelfAttention needs num_heads > 0"))?;
+        let heads = info.get::<i64>("num_heads").filter(|h| *h > 0).ok_or_else(|| op_error("SelfAttention needs num_heads > 0"))?;
         let heads = heads as usize;
         Ok(Box::new(move |ctx: &ComputeContext| {
-            let qkv = ctx.input(0)?.ok_or_else(|| input_error("SelfAttention: no qkv"))?;
-            let bias = ctx.input(1)?.ok_or_else(|| input_error("SelfAttention: no bias"))?;
-            let lengths = ctx.input(2)?.ok_or_else(|| input_error("SelfAttention: no mask_index"))?;
+            let (qkv, bias, lengths) = (input(ctx, "SelfAttention", 0)?, input(ctx, "SelfAttention", 1)?, input(ctx, "SelfAttention", 2)?);
             let (shape, qkv) = qkv.try_extract_tensor::<f32>()?;
             let (_, bias) = bias.try_extract_tensor::<f32>()?;
             let (_, lengths) = lengths.try_extract_tensor::<i32>()?;
-            let shape = Shape::attention(shape, bias.len(), lengths.len(), heads).map_err(|e| input_error(&e))?;
-            let mut out = ctx.output(0, [shape.tokens() as i64, shape.d as i64])?.ok_or_else(|| input_error("SelfAttention: no output"))?;
+            let shape = Shape::attention(shape, bias.len(), lengths.len(), heads).map_err(|e| op_error(&e))?;
+            let mut out = output(ctx, "SelfAttention", [shape.tokens() as i64, shape.d as i64])?;
             let (_, out) = out.try_extract_tensor_mut::<f32>()?;
             parallel_chunks(ctx, out, shape.sequence * shape.d, |row, out| attend(&shape, qkv, bias, lengths[row], row, out))
         }))
@@ -285,21 +293,21 @@ impl Operator for ResidualLayerNorm {
     }
 
     fn create_kernel<'attr>(&self, info: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let epsilon = info.get::<f32>("epsilon").ok_or_else(|| input_error("ResidualLayerNorm needs epsilon"))?;
+        let epsilon = info.get::<f32>("epsilon").ok_or_else(|| op_error("ResidualLayerNorm needs epsilon"))?;
         Ok(Box::new(move |ctx: &ComputeContext| {
-            let input = |i: usize| ctx.input(i)?.ok_or_else(|| input_error("ResidualLayerNorm: an input is missing"));
+            let input = |i: usize| input(ctx, "ResidualLayerNorm", i);
             let (x, bias, skip, gamma, beta) = (input(0)?, input(1)?, input(2)?, input(3)?, input(4)?);
             let (shape, x) = x.try_extract_tensor::<f32>()?;
             let (_, skip) = skip.try_extract_tensor::<f32>()?;
             let params = [bias.try_extract_tensor::<f32>()?.1, gamma.try_extract_tensor::<f32>()?.1, beta.try_extract_tensor::<f32>()?.1];
             let d = params[0].len();
             if d == 0 || shape.last().copied() != Some(d as i64) || skip.len() != x.len() || params.iter().any(|p| p.len() != d) {
-                return Err(input_error(&format!(
+                return Err(op_error(&format!(
                     "ResidualLayerNorm: input {shape:?}, skip of {} and parameters of {d} do not fit",
                     skip.len()
                 )));
             }
-            let mut out = ctx.output(0, shape.to_vec())?.ok_or_else(|| input_error("ResidualLayerNorm: no output"))?;
+            let mut out = output(ctx, "ResidualLayerNorm", shape.to_vec())?;
             let (_, out) = out.try_extract_tensor_mut::<f32>()?;
             parallel_chunks(ctx, out, NORM_ROWS * d, |i, out| {
                 let at = i * NORM_ROWS * d;
@@ -358,15 +366,14 @@ impl Operator for BiasGelu {
 
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         Ok(Box::new(|ctx: &ComputeContext| {
-            let x = ctx.input(0)?.ok_or_else(|| input_error("BiasGelu: no input"))?;
-            let bias = ctx.input(1)?.ok_or_else(|| input_error("BiasGelu: no bias"))?;
+            let (x, bias) = (input(ctx, "BiasGelu", 0)?, input(ctx, "BiasGelu", 1)?);
             let (shape, x) = x.try_extract_tensor::<f32>()?;
             let (_, bias) = bias.try_extract_tensor::<f32>()?;
             let f = bias.len();
             if f == 0 || shape.last().copied() != Some(f as i64) {
-                return Err(input_error(&format!("BiasGelu: input {shape:?} and bias [{f}] do not fit")));
+                return Err(op_error(&format!("BiasGelu: input {shape:?} and bias [{f}] do not fit")));
             }
-            let mut out = ctx.output(0, shape.to_vec())?.ok_or_else(|| input_error("BiasGelu: no output"))?;
+            let mut out = output(ctx, "BiasGelu", shape.to_vec())?;
             let (_, out) = out.try_extract_tensor_mut::<f32>()?;
             parallel_chunks(ctx, out, GELU_ROWS * f, |i, out| bias_gelu(&x[i * GELU_ROWS * f..][..out.len()], bias, out))
         }))
