@@ -5,19 +5,20 @@ exporter's pattern:
 
     EmbedLayerNormalization        word + position + type embeddings, LayerNorm, mask index
     per layer:
-      MatMul + SelfAttention       Q, K and V as one [d, 3d] product, then softmax and heads
-      MatMul + ResidualLayerNorm   output projection, bias, residual, LayerNorm
-      MatMul + BiasGelu            feed-forward up-projection and exact (erf) GELU
-      MatMul + ResidualLayerNorm   down-projection, bias, residual, LayerNorm
+      product + SelfAttention      Q, K and V as one [d, 3d] product, then softmax and heads
+      product + ResidualLayerNorm  output projection, bias, residual, LayerNorm
+      product + BiasGelu           feed-forward up-projection and exact (erf) GELU
+      product + ResidualLayerNorm  down-projection, bias, residual, LayerNorm
 
 `SelfAttention`, `ResidualLayerNorm` and `BiasGelu` are the inference server's own
 operators (domain `kubesentiment`, inference-server/src/model/kernels.rs): ONNX Runtime's
 CPU kernels for these steps took a third of the forward pass (docs/MODELS.md). The
 residual stream is kept as [tokens, d].
 
-`quantize_dynamic` then turns every MatMul into an int8 product with weights quantized
-per output channel, and activations quantized on the fly (u8 x s8, the VNNI `vpdpbusd`
-shape).
+Its four products a layer are the server's `QuantizedMatMul`: the weights are quantized
+here, per output column and symmetric, and packed in panels of 16 columns by steps of 4
+along k (the VNNI `vpdpbusd` operand); the server quantizes each activation row on the
+fly (u8 x s8).
 
 The same graph in ONNX Runtime's own operators (`Attention`, `BiasGelu`, and `Add, Add,
 LayerNormalization`) is what `--fp32` writes, and what is checked against a plain numpy
@@ -46,7 +47,6 @@ import tempfile
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import QuantType, quantize_dynamic
 
 MS = "com.microsoft"
 KS = "kubesentiment"  # the inference server's own operators (inference-server/src/model/kernels.rs)
@@ -66,6 +66,21 @@ def safetensors(path: str) -> dict[str, np.ndarray]:
         start, end = meta["data_offsets"]
         out[name] = np.frombuffer(data[start:end], dtype=dtypes[meta["dtype"]]).reshape(meta["shape"]).astype(np.float32)
     return out
+
+
+def pack(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`weight [k, n]` as `QuantizedMatMul` takes it: int8 per output column (symmetric,
+    `weight[:, c] ~ scale[c] * q[:, c]`) packed as [n/16, k/4, 16, 4] (`packed[p, s, c, j]
+    = q[4s + j, 16p + c]`), its scales, and `offset[c] = scale[c] * sum(q[:, c])`."""
+    k, n = weight.shape
+    if k % 4 or n % 16:
+        raise SystemExit(f"a product of [{k}, {n}]: QuantizedMatMul takes k a multiple of 4 and n of 16")
+    scale = np.abs(weight).max(axis=0) / 127
+    scale[scale == 0] = 1
+    q = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
+    packed = q.reshape(k // 4, 4, n // 16, 16).transpose(2, 0, 3, 1)
+    offset = scale * q.sum(axis=0, dtype=np.int64)
+    return packed, scale.astype(np.float32), offset.astype(np.float32)
 
 
 def build(weights: dict[str, np.ndarray], config: dict, kernels: bool = False) -> onnx.ModelProto:
@@ -90,6 +105,13 @@ def build(weights: dict[str, np.ndarray], config: dict, kernels: bool = False) -
     def node(op: str, inputs: list[str], output: str, domain: str = "", **attrs) -> str:
         nodes.append(helper.make_node(op, inputs, [output], domain=domain, **attrs))
         return output
+
+    def matmul(x: str, weight: np.ndarray, out: str) -> str:
+        """x @ weight: MatMul, or with `kernels` QuantizedMatMul on the packed int8 weight."""
+        if not kernels:
+            return node("MatMul", [x, const(out + "_w", weight)], out)
+        q, scale, offset = pack(weight)
+        return node("QuantizedMatMul", [x, const(out + "_wq", q), const(out + "_scale", scale), const(out + "_offset", offset)], out, domain=KS)
 
     def residual_norm(x: str, bias: str, skip: str, gamma: str, beta: str, out: str) -> str:
         if kernels:
@@ -130,7 +152,7 @@ def build(weights: dict[str, np.ndarray], config: dict, kernels: bool = False) -
         qkv_b = np.concatenate([w(p + f"attention.self.{k}.bias") for k in ("query", "key", "value")])
         if kernels:
             # one int8 QKV product, then attention on [tokens, 3d] as one operator
-            qkv = node("MatMul", [x, const(f"l{i}_qkv_w", qkv_w)], f"l{i}_qkv")
+            qkv = matmul(x, qkv_w, f"l{i}_qkv")
             attn = node("SelfAttention", [qkv, const(f"l{i}_qkv_b", qkv_b), "mask_index"], f"l{i}_attn", domain=KS, num_heads=heads)
         else:
             attn = node(
@@ -139,15 +161,15 @@ def build(weights: dict[str, np.ndarray], config: dict, kernels: bool = False) -
                 f"l{i}_attn3", domain=MS, num_heads=heads,
             )
             attn = node("Reshape", [attn, flat], f"l{i}_attn")
-        proj = node("MatMul", [attn, const(f"l{i}_o_w", w(p + "attention.output.dense.weight").T)], f"l{i}_proj")
+        proj = matmul(attn, w(p + "attention.output.dense.weight").T, f"l{i}_proj")
         h1 = residual_norm(
             proj, const(f"l{i}_o_b", w(p + "attention.output.dense.bias")), x,
             const(f"l{i}_ln1_g", w(p + "attention.output.LayerNorm.weight")),
             const(f"l{i}_ln1_b", w(p + "attention.output.LayerNorm.bias")), f"l{i}_h1",
         )
-        up = node("MatMul", [h1, const(f"l{i}_up_w", w(p + "intermediate.dense.weight").T)], f"l{i}_up")
+        up = matmul(h1, w(p + "intermediate.dense.weight").T, f"l{i}_up")
         act = node("BiasGelu", [up, const(f"l{i}_up_b", w(p + "intermediate.dense.bias"))], f"l{i}_gelu", domain=KS if kernels else MS)
-        down = node("MatMul", [act, const(f"l{i}_down_w", w(p + "output.dense.weight").T)], f"l{i}_down")
+        down = matmul(act, w(p + "output.dense.weight").T, f"l{i}_down")
         x = residual_norm(
             down, const(f"l{i}_down_b", w(p + "output.dense.bias")), h1,
             const(f"l{i}_ln2_g", w(p + "output.LayerNorm.weight")),
@@ -232,13 +254,7 @@ def main(src: str, dst: str, *flags: str) -> None:
             # The same graph with the server's own attention, GELU and LayerNorms (ONNX
             # Runtime cannot run it here; the server's tests hold it to the fp32 graph
             # verified above).
-            onnx.save(build(weights, config, kernels=True), fused)
-            quantize_dynamic(
-                fused, dst + ".tmp", weight_type=QuantType.QInt8, per_channel=True,
-                op_types_to_quantize=["MatMul"],
-                # shape inference cannot see through the com.microsoft operators
-                extra_options={"DefaultTensorType": TensorProto.FLOAT},
-            )
+            onnx.save(build(weights, config, kernels=True), dst + ".tmp")
     os.replace(dst + ".tmp", dst)
 
 

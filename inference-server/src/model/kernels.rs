@@ -12,16 +12,21 @@
 //!   -> [tokens, d]`, attribute `epsilon`: `LayerNorm(x + bias + skip)`, the residual
 //!   step after each projection, in one pass instead of ONNX Runtime's three (two `Add`s
 //!   and `LayerNormalization`, each a trip through memory).
+//! - `QuantizedMatMul(x, weight, scale, offset)`: the int8 products, each activation row
+//!   quantized with its own scale (`kernels/matmul.rs` has the layout and the CPU paths).
 //!
 //! `scripts/build_encoder.py` writes them into the int8 graph; every session registers
-//! them ([`domain`]), so graphs without them load as before. The loops are plain Rust
-//! over fixed 16-lane blocks, compiled for AVX-512 and AVX2 besides the baseline and
+//! them ([`domain`]), so graphs without them load as before. The first three are plain
+//! Rust over fixed 16-lane blocks, compiled for AVX-512 and AVX2 besides the baseline and
 //! picked at run time (`multiversion`); ONNX Runtime's intra-op threads share the work
 //! (`par_for`). The tests hold each to a direct f64 reading of its definition, and
 //! `the_int8_encoder_stays_within_its_tolerance_of_the_fp32_model` holds the graph that
 //! uses them to the same model in ONNX Runtime's own operators. docs/MODELS.md has what
 //! each was worth.
 
+mod matmul;
+
+pub use matmul::QuantizedMatMul;
 use multiversion::multiversion;
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput};
 use ort::value::{IntoShape, TensorElementType, ValueRef, ValueRefMut};
@@ -29,9 +34,9 @@ use ort::value::{IntoShape, TensorElementType, ValueRef, ValueRefMut};
 /// The operator domain the default encoder's graph imports.
 pub const DOMAIN: &str = "kubesentiment";
 
-/// The domain with all three operators, to register on a session.
+/// The domain with all four operators, to register on a session.
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(SelfAttention)?.add(BiasGelu)?.add(ResidualLayerNorm)
+    OperatorDomain::new(DOMAIN)?.add(SelfAttention)?.add(BiasGelu)?.add(ResidualLayerNorm)?.add(QuantizedMatMul)
 }
 
 fn op_error(what: &str) -> ort::Error {
@@ -59,7 +64,13 @@ impl<T> Shared<T> {
     /// `start..start + len` must lie inside the buffer, and no one else may touch it.
     #[allow(clippy::mut_from_ref)]
     unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+        unsafe { std::slice::from_raw_parts_mut(self.at(start), len) }
+    }
+
+    /// # Safety
+    /// `start` must lie inside the buffer.
+    unsafe fn at(&self, start: usize) -> *mut T {
+        unsafe { self.0.add(start) }
     }
 }
 
@@ -73,18 +84,23 @@ fn parallel_chunks<T: Send>(
 ) -> ort::Result<()> {
     let (len, items) = (out.len(), out.len().div_ceil(chunk.max(1)));
     let shared = Shared(out.as_mut_ptr());
-    let piece = |i: usize| {
+    parallel(ctx, items, &|i: usize| {
         let start = i * chunk;
         // SAFETY: the pieces are disjoint, inside `out`, and `out` outlives every item.
         work(i, unsafe { shared.slice(start, chunk.min(len - start)) })
-    };
+    })
+}
+
+/// Runs `work(i)` for `i` in `0..items`, on ONNX Runtime's intra-op threads when there
+/// is more than one.
+fn parallel(ctx: &ComputeContext, items: usize, work: &(dyn Fn(usize) + Sync)) -> ort::Result<()> {
     match items {
         0 => Ok(()),
         1 => {
-            piece(0);
+            work(0);
             Ok(())
         }
-        _ => ctx.par_for(items, 0, piece),
+        _ => ctx.par_for(items, 0, work),
     }
 }
 
@@ -574,7 +590,7 @@ mod timing {
     use super::*;
 
     /// Best of five, in ms: `cargo test --release -p inference-server --lib time_kernels -- --ignored --nocapture`
-    fn best(mut f: impl FnMut()) -> f64 {
+    pub(super) fn best(mut f: impl FnMut()) -> f64 {
         (0..5)
             .map(|_| {
                 let t = std::time::Instant::now();
