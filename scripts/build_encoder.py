@@ -84,8 +84,9 @@ def pack(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def build(weights: dict[str, np.ndarray], config: dict, kernels: bool = False) -> onnx.ModelProto:
-    """The fused graph; with `kernels`, attention, GELU and the residual LayerNorms are the
-    inference server's own operators (domain `kubesentiment`), which only it can run."""
+    """The fused graph; with `kernels`, the int8 products, attention, GELU and the residual
+    LayerNorms are the inference server's own operators (domain `kubesentiment`), which
+    only it can run."""
     heads, d = config["num_attention_heads"], config["hidden_size"]
     eps = float(config.get("layer_norm_eps", 1e-12))
     if config.get("hidden_act", "gelu") != "gelu":

@@ -25,9 +25,11 @@ runs, so it is measured there, in the same run:
 sums ONNX Runtime's profile of that session by operator (the first file the bench writes
 is the bare-forward session's).
 
-`--products` adds each of the encoder's four products at batch 32 x 16 tokens, bare
-(`MatMulInteger`) and as the encoder runs them (`DynamicQuantizeMatMul`: the activations
-quantized on the fly, the result scaled back to f32).
+`--products` adds each of the encoder's four products at batch 32 x 16 tokens in ONNX
+Runtime, bare (`MatMulInteger`) and as a quantized graph runs them
+(`DynamicQuantizeMatMul`: the activations quantized on the fly, the result scaled back to
+f32). The built-in graph has the server's own `QuantizedMatMul` instead; its products are
+timed by `cargo test --release -p inference-server --lib time_products -- --ignored`.
 
 usage: python int8_peak.py [--bench REPORT.json] [--profile PROFILE.json] [--products] [ENCODER.onnx ...]
   prints one line per measure, as JSON
@@ -94,7 +96,7 @@ def gemm(m: int, k: int, n: int, tmp: str) -> float:
 
 
 def dynamic_gemm(m: int, k: int, n: int, tmp: str) -> float:
-    """GOP/s of the same product as the encoder runs it: `DynamicQuantizeMatMul` (quantize
+    """GOP/s of the same product as a quantized graph runs it: `DynamicQuantizeMatMul` (quantize
     the f32 activations, the u8 x s8 product, scale back to f32 per channel)."""
     rng = np.random.default_rng(0)
     inits = [

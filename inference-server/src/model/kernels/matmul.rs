@@ -74,7 +74,8 @@ impl Operator for QuantizedMatMul {
             *out_shape.last_mut().expect("checked above") = weights.n as i64;
             let mut out = output(ctx, "QuantizedMatMul", out_shape)?;
             let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-            multiply(path, x, &weights, out, |items, work| parallel(ctx, items, work))
+            multiply(path, x, &weights, out, |items, work| parallel(ctx, items, work).map_err(|e| e.to_string()))
+                .map_err(|e| op_error(&format!("QuantizedMatMul: {e}")))
         }))
     }
 }
@@ -134,9 +135,9 @@ impl Path {
     }
 
     /// The paths this CPU can run: each runs wherever the one before it does.
-    #[cfg(test)]
-    pub fn available() -> Vec<Self> {
-        [Path::Vnni, Path::Avx2, Path::Portable].into_iter().skip_while(|p| *p != Path::detect()).collect()
+    pub fn available() -> impl Iterator<Item = Self> {
+        let best = Path::detect();
+        [Path::Vnni, Path::Avx2, Path::Portable].into_iter().skip_while(move |p| *p != best)
     }
 
     /// The largest quantized activation: `vpmaddubsw` must not saturate.
@@ -155,15 +156,22 @@ impl Path {
 }
 
 /// `out = x · W` for `x` of `[rows, k]`; `run(items, work)` runs `work` for `0..items`
-/// (on ONNX Runtime's threads, in the operator).
+/// (on ONNX Runtime's threads, in the operator). Refuses operands that do not fit, and a
+/// path this CPU cannot run.
 pub fn multiply(
     path: Path,
     x: &[f32],
     w: &Weights,
     out: &mut [f32],
-    run: impl FnOnce(usize, &(dyn Fn(usize) + Sync)) -> ort::Result<()>,
-) -> ort::Result<()> {
+    run: impl FnOnce(usize, &(dyn Fn(usize) + Sync)) -> Result<(), String>,
+) -> Result<(), String> {
     let all = x.len() / w.k;
+    if x.len() != all * w.k || out.len() != all * w.n {
+        return Err(format!("{} inputs and {} outputs do not fit a [{}, {}] weight", x.len(), out.len(), w.k, w.n));
+    }
+    if !Path::available().any(|p| p == path) {
+        return Err(format!("this CPU cannot run the {path:?} path"));
+    }
     let (row_items, panels) = (all.div_ceil(ITEM_ROWS), w.n / PANEL);
     let column_items = MIN_ITEMS.div_ceil(row_items.max(1)).min(panels.div_ceil(path.tile().1));
     let panels_per_item = panels.div_ceil(column_items);
@@ -527,6 +535,16 @@ mod tests {
             assert_eq!(quantize_row(&x, 255.0, &mut a), quantize_row_plain(&x, 255.0, &mut b), "{len}");
             assert_eq!(a, b, "{len}");
         }
+    }
+
+    #[test]
+    fn a_product_that_does_not_fit_is_refused() {
+        let p = pack(&values(8 * 16, 5), 8, 16);
+        let w = Weights::new(&p.shape, &p.q, &p.scale, &p.offset).unwrap();
+        let run = |x: &[f32], out: &mut [f32]| multiply(Path::detect(), x, &w, out, |_, _| Ok(()));
+        assert!(run(&[0.0; 16], &mut [0.0; 32]).is_ok());
+        assert!(run(&[0.0; 15], &mut [0.0; 32]).is_err(), "a row cut short");
+        assert!(run(&[0.0; 16], &mut [0.0; 16]).is_err(), "an output too short");
     }
 
     #[test]
