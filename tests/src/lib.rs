@@ -181,13 +181,13 @@ where
     }
 }
 
-/// Distinct, realistic review sentences (distinct so no result cache can help).
 /// Texts of a batch that has to be still running at a deadline a few seconds away (a
 /// timeout, a cancel): one single-threaded inference server ([`Inference::one_thread`])
 /// needs several times that for them on a fast CPU, and they fit a ConfigMap (about
 /// 780 KB). 3,000 once did, until a faster model finished them inside 3 s.
 pub const OUTLASTING: usize = 12_000;
 
+/// Distinct, realistic review sentences (distinct so no result cache can help).
 pub fn texts(n: usize, tag: &str) -> Vec<String> {
     const SHAPES: [&str; 4] = [
         "I love this product {}, it works great and arrived early.",
