@@ -40,7 +40,8 @@ pub struct Chunk {
     pub range: Range<usize>,
     /// Failed attempts so far.
     pub attempts: u32,
-    /// Transient error answers (500/502/503/504) since the last attempt was spent.
+    /// Transient error answers (500/502/503/504), and losses beside other chunks, since
+    /// the last attempt was spent.
     pub transient: u32,
     /// The endpoint that failed it last, to try another.
     pub avoid: Option<String>,

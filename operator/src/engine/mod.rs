@@ -50,8 +50,9 @@ const STORE_ATTEMPTS: u32 = 6;
 const BUSY_RETRY: Duration = Duration::from_millis(200);
 /// The longest `Retry-After` the engine honours.
 const BUSY_RETRY_MAX: Duration = Duration::from_secs(5);
-/// Transient error answers (500/502/503/504) a chunk may meet, each retried after
-/// [`RETRY`]'s backoff on another endpoint, before they count as one failed attempt.
+/// Transient error answers (500/502/503/504), and losses beside other chunks, that a chunk
+/// may meet, each retried after [`RETRY`]'s backoff on another endpoint, before they count
+/// as one failed attempt.
 const TRANSIENT_BUDGET: u32 = 6;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -180,6 +181,8 @@ pub(crate) enum Command {
     Returned {
         chunk: Chunk,
         endpoint: Option<String>,
+        /// Its place at the endpoint it was sent to.
+        sent: pool::Sent,
         outcome: Outcome,
     },
 }
@@ -431,15 +434,16 @@ impl State {
             }
             Command::Answered { endpoint, chunk, asked, elapsed } => {
                 self.shared.metrics.dispatch_seconds.observe(elapsed.as_secs_f64());
-                self.pool.release(&endpoint, chunk, Some((asked, elapsed)));
+                self.pool.release(&endpoint, chunk, Some((asked, elapsed)), now);
             }
-            Command::Returned { chunk, endpoint, outcome } => self.returned(chunk, endpoint, outcome, now),
+            Command::Returned { chunk, endpoint, sent, outcome } => self.returned(chunk, endpoint, sent, outcome, now),
         }
     }
 
-    fn returned(&mut self, chunk: Chunk, endpoint: Option<String>, outcome: Outcome, now: Instant) {
+    fn returned(&mut self, chunk: Chunk, endpoint: Option<String>, sent: pool::Sent, outcome: Outcome, now: Instant) {
+        let alone = endpoint.as_deref().is_some_and(|url| self.pool.lost_alone(url, sent));
         if let Some(url) = &endpoint {
-            self.pool.release(url, chunk.len(), None);
+            self.pool.release(url, chunk.len(), None, now);
         }
         // The attempt is over whatever happens next (a give-up holds the chunk again).
         self.sched.returned(&chunk.job);
@@ -488,8 +492,17 @@ impl State {
                 // these texts. The endpoint rests, and the texts pay an attempt as for an
                 // error answer, so a text that kills servers is isolated by halving and
                 // dead-lettered after `max_retries`, while the rest of the pool works on.
+                // A text lost beside other chunks pays as for a transient answer: any of
+                // them may have been the cause. The endpoint now takes one chunk at a time
+                // for a while (`pool::CALM`), so the text that is the cause soon runs alone.
                 self.rest(endpoint.as_deref(), &why, "answer lost", now);
-                self.isolate(chunk, endpoint, why, now);
+                if chunk.len() == 1 && !alone && chunk.transient < TRANSIENT_BUDGET {
+                    retries.inc();
+                    let at = now + RETRY.delay(chunk.transient);
+                    self.sched.retry(Chunk { transient: chunk.transient + 1, avoid: endpoint, ..chunk }, at);
+                } else {
+                    self.isolate(Chunk { transient: 0, ..chunk }, endpoint, why, now);
+                }
             }
             Outcome::Rejected(why) => self.isolate(chunk, endpoint, why, now),
             Outcome::Fatal(why) => self.fail(&chunk.job, "ModelMismatch", why),
@@ -567,7 +580,7 @@ impl State {
                 }
                 Err(e) => Outcome::Source(e),
             };
-            let _ = tx.send(Command::Returned { chunk, endpoint: None, outcome }).await;
+            let _ = tx.send(Command::Returned { chunk, endpoint: None, sent: pool::Sent::default(), outcome }).await;
         });
     }
 
@@ -609,7 +622,7 @@ impl State {
             };
             let job = self.jobs.get_mut(&chunk.job).expect("the scheduler only holds work of started jobs. This is a bug.");
             job.outstanding += 1;
-            self.pool.take(&url, chunk.len());
+            let sent = self.pool.take(&url, chunk.len());
             self.shared.metrics.chunk_texts.observe(chunk.len() as f64);
             if let Some(tenant) = self.sched.tenant(&chunk.job) {
                 self.shared.metrics.tenant_dispatched.with_label_values(&[tenant]).inc_by(chunk.len() as u64);
@@ -626,7 +639,7 @@ impl State {
             self.tasks.spawn(async move {
                 let (outcome, answered) = chunk::run(&shared, &tx, &attempt).await;
                 let endpoint = (!answered).then_some(attempt.url);
-                let _ = tx.send(Command::Returned { chunk, endpoint, outcome }).await;
+                let _ = tx.send(Command::Returned { chunk, endpoint, sent, outcome }).await;
             });
         }
     }

@@ -23,9 +23,12 @@ pub const FIRST_CHUNK: usize = 64;
 const SMALL_TEXTS_PER_WORKER: usize = FIRST_CHUNK;
 /// Most chunks in flight at an endpoint, per worker, however small.
 const MOST_CHUNKS_PER_WORKER: usize = 8;
-/// How long after failing to answer an endpoint gets only `workers` chunks: when a text
-/// crashes its server, every chunk in flight there is lost with it and pays an attempt,
-/// so while halving isolates that text, few others should share its endpoint.
+/// An endpoint that failed to answer gets one chunk at a time until it has answered
+/// again, and for this long after. When a text crashes its server, every chunk in flight
+/// there is lost with it, and a text lost beside others pays no attempt
+/// ([`Pool::lost_alone`]); so while halving isolates it, the text must come to run alone
+/// for its attempts to count. Counted from the answer, since a crashed container may take
+/// longer than this to come back (Kubernetes waits 10 s, then 20 s, ...).
 const CALM: Duration = Duration::from_secs(10);
 /// How long an endpoint that did not answer is skipped, by consecutive failures.
 const DEAD: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -36,9 +39,12 @@ struct Endpoint {
     in_flight_texts: usize,
     /// Skipped until then after failing to answer.
     dead_until: Option<Instant>,
+    /// Failures to answer in a row.
     failures: u32,
-    /// When it last failed to answer.
-    failed_at: Option<Instant>,
+    /// When it first answered after its last failures.
+    recovered_at: Option<Instant>,
+    /// How many times it failed to answer, in all.
+    failed: u64,
     /// No longer in the Service: it finishes its chunks in flight and gets no new ones.
     gone: bool,
     secs_per_text: Option<f64>,
@@ -46,11 +52,21 @@ struct Endpoint {
 
 impl Endpoint {
     fn open(&self, workers: usize, now: Instant) -> bool {
-        let calm = self.failed_at.is_none_or(|t| now.saturating_duration_since(t) >= CALM);
-        let room = self.in_flight < workers
-            || (calm && self.in_flight < workers * MOST_CHUNKS_PER_WORKER && self.in_flight_texts < workers * SMALL_TEXTS_PER_WORKER);
+        let calm = self.failures == 0 && self.recovered_at.is_none_or(|t| now.saturating_duration_since(t) >= CALM);
+        let room = if calm {
+            self.in_flight < workers
+                || (self.in_flight < workers * MOST_CHUNKS_PER_WORKER && self.in_flight_texts < workers * SMALL_TEXTS_PER_WORKER)
+        } else {
+            self.in_flight == 0
+        };
         !self.gone && room && self.dead_until.is_none_or(|t| t <= now)
     }
+}
+
+/// A chunk's place at its endpoint, from [`Pool::take`]: the endpoint's failures until then.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sent {
+    failed: u64,
 }
 
 pub struct Pool {
@@ -96,23 +112,26 @@ impl Pool {
     }
 
     /// A chunk of `texts` went to `url`.
-    pub fn take(&mut self, url: &str, texts: usize) {
-        if let Some(e) = self.endpoints.get_mut(url) {
-            e.in_flight += 1;
-            e.in_flight_texts += texts;
-        }
+    pub fn take(&mut self, url: &str, texts: usize) -> Sent {
+        let Some(e) = self.endpoints.get_mut(url) else { return Sent::default() };
+        e.in_flight += 1;
+        e.in_flight_texts += texts;
+        Sent { failed: e.failed }
     }
 
     /// The slot of a chunk of `texts` at `url` is free. `answered` is (texts asked, wall
     /// time) when the endpoint answered, which clears its failures and feeds its measured
     /// speed.
-    pub fn release(&mut self, url: &str, texts: usize, answered: Option<(usize, Duration)>) {
+    pub fn release(&mut self, url: &str, texts: usize, answered: Option<(usize, Duration)>, now: Instant) {
         let Some(e) = self.endpoints.get_mut(url) else { return };
         // Chunks that shared the endpoint with this one (itself included).
         let sharing = e.in_flight.max(1);
         e.in_flight = e.in_flight.saturating_sub(1);
         e.in_flight_texts = e.in_flight_texts.saturating_sub(texts);
         if let Some((texts, elapsed)) = answered {
+            if e.failures > 0 {
+                e.recovered_at = Some(now);
+            }
             e.failures = 0;
             e.dead_until = None;
             if texts > 0 {
@@ -127,13 +146,21 @@ impl Pool {
         }
     }
 
+    /// Whether a chunk `sent` to `url`, back now without an answer, was lost on its own:
+    /// nothing else is in flight there, and the endpoint has not failed since it was sent
+    /// (as it has when another chunk came back lost first). Call it before
+    /// [`Pool::release`] of that chunk.
+    pub fn lost_alone(&self, url: &str, sent: Sent) -> bool {
+        self.endpoints.get(url).is_some_and(|e| e.in_flight <= 1 && e.failed == sent.failed)
+    }
+
     /// `url` did not answer, or said it is failing: skip it for a while, longer after
     /// each failure in a row.
     pub fn unreachable(&mut self, url: &str, now: Instant) {
         if let Some(e) = self.endpoints.get_mut(url) {
             e.dead_until = Some(now + DEAD.delay(e.failures));
             e.failures += 1;
-            e.failed_at = Some(now);
+            e.failed += 1;
         }
     }
 
@@ -202,7 +229,7 @@ mod tests {
             picked.push(u);
         }
         assert_eq!(picked, ["a", "b", "a", "b"], "chunks of 100 texts: `workers` at each endpoint");
-        p.release("b", 100, Some((100, Duration::from_millis(100))));
+        p.release("b", 100, Some((100, Duration::from_millis(100))), t0);
         assert_eq!(p.pick(t0, 1000).map(|(u, _)| u).as_deref(), Some("b"));
     }
 
@@ -226,7 +253,7 @@ mod tests {
         let mut p = fresh();
         assert_eq!(fill(&mut p, t0, 10), 13, "10-text chunks until 2 × 64 texts are in flight");
         assert_eq!(p.in_flight_texts(), 130);
-        p.release("a", 10, Some((10, Duration::from_millis(50))));
+        p.release("a", 10, Some((10, Duration::from_millis(50))), t0);
         assert_eq!(fill(&mut p, t0, 10), 1, "one more once below the budget");
         assert_eq!(fill(&mut fresh(), t0, 1), 16, "however small, 8 chunks per worker");
         // Large chunks after small ones: while below the budget, then none; the
@@ -236,14 +263,16 @@ mod tests {
         p.take("a", 10);
         assert_eq!(fill(&mut p, t0, 1000), 2);
         assert_eq!(p.in_flight_texts(), 20 + 2 * FIRST_CHUNK);
-        // An endpoint that failed to answer gets `workers` chunks for a while.
+        // An endpoint that failed to answer gets one chunk at a time until CALM after it
+        // answers again, however long it was away.
         let mut p = fresh();
         p.unreachable("a", t0);
-        assert_eq!(fill(&mut p, t0 + Duration::from_secs(1), 10), 2, "within CALM of a failure");
-        for _ in 0..2 {
-            p.release("a", 10, Some((10, Duration::from_millis(5))));
-        }
-        assert_eq!(fill(&mut p, t0 + CALM, 10), 13, "calm again");
+        let back = t0 + 3 * CALM;
+        assert_eq!(fill(&mut p, back, 10), 1, "back, and not yet answered");
+        p.release("a", 10, Some((10, Duration::from_millis(5))), back);
+        assert_eq!(fill(&mut p, back + CALM / 2, 10), 1, "within CALM of its answer");
+        p.release("a", 10, Some((10, Duration::from_millis(5))), back + CALM / 2);
+        assert_eq!(fill(&mut p, back + CALM, 10), 13, "calm again");
     }
 
     #[test]
@@ -255,7 +284,7 @@ mod tests {
         p.take("a", 100);
         assert_eq!(p.in_flight_texts(), 200);
         // Two chunks shared the endpoint: 100 texts in 1 s is 200 texts/s of its time.
-        p.release("a", 100, Some((100, Duration::from_secs(1))));
+        p.release("a", 100, Some((100, Duration::from_secs(1))), t0);
         assert_eq!(p.pick(t0, 10_000), Some(("a".into(), 200)));
         assert_eq!((p.in_flight_texts(), p.texts_per_second().map(|r| r.round())), (100, Some(200.0)));
     }
@@ -274,9 +303,29 @@ mod tests {
         let later = t0 + Duration::from_millis(400);
         assert_eq!(p.other_than("b", later).as_deref(), Some("a"));
         p.take("a", 1);
-        p.release("a", 1, Some((1, Duration::from_millis(5))));
+        p.release("a", 1, Some((1, Duration::from_millis(5))), t0);
         p.unreachable("a", later);
         assert_eq!(p.next_open_after(later), Some(later + Duration::from_millis(200)), "an answer resets the backoff");
+    }
+
+    #[test]
+    fn a_chunk_is_lost_alone_only_if_nothing_shared_its_endpoint() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(2);
+        p.set(&urls(&["a"]));
+        let first = p.take("a", 1);
+        assert!(p.lost_alone("a", first), "the only chunk there");
+        // A crash takes two chunks: whichever comes back first, neither was alone.
+        let second = p.take("a", 1);
+        assert!(!p.lost_alone("a", second), "another is still in flight");
+        p.release("a", 1, None, t0);
+        p.unreachable("a", t0);
+        assert!(!p.lost_alone("a", first), "the endpoint failed after it was sent");
+        p.release("a", 1, None, t0);
+        // Sent after that failure, at the same instant, and back alone.
+        let third = p.take("a", 1);
+        assert!(p.lost_alone("a", third));
+        assert!(!p.lost_alone("b", third), "an endpoint the pool does not know");
     }
 
     #[test]
@@ -289,10 +338,10 @@ mod tests {
         p.set(&urls(&["b"]));
         assert_eq!(p.ready(), 1);
         assert_eq!(p.other_than("b", t0), None);
-        p.release("a", 5, Some((10, Duration::from_millis(10))));
+        p.release("a", 5, Some((10, Duration::from_millis(10))), t0);
         assert_eq!(p.other_than("b", t0), None, "a late answer does not bring it back");
         assert_eq!(p.in_flight().count(), 2);
-        p.release("a", 5, None);
+        p.release("a", 5, None, t0);
         assert_eq!(p.in_flight().map(|(u, _)| u).collect::<Vec<_>>(), ["b"], "forgotten once idle");
         assert_eq!(p.in_flight_texts(), 0);
         p.set(&urls(&["a", "b"]));

@@ -3,7 +3,7 @@
 // A batch's work is often one whole range.
 #![allow(clippy::single_range_in_vec_init)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -28,6 +28,22 @@ struct FakePool {
     delay: Duration,
     /// While false, calls wait.
     open: watch::Receiver<bool>,
+    /// How long a server that crashed takes to come back.
+    restart: Duration,
+    /// Per endpoint, its server: a crash takes every call in flight there with it.
+    servers: Mutex<HashMap<String, Server>>,
+    /// Calls of one text that crashed a server serving nothing else.
+    lone_crashes: AtomicUsize,
+}
+
+/// One endpoint's server in the fake pool.
+struct Server {
+    /// How many times it died.
+    died: usize,
+    /// Down until then, restarting.
+    back: Instant,
+    /// Calls it is serving now.
+    serving: usize,
 }
 
 impl FakePool {
@@ -41,6 +57,9 @@ impl FakePool {
             failing_first: AtomicUsize::new(0),
             delay: Duration::from_millis(10),
             open,
+            restart: Duration::from_secs(2),
+            servers: Mutex::default(),
+            lone_crashes: AtomicUsize::new(0),
         };
         (Arc::new(pool), gate)
     }
@@ -56,7 +75,34 @@ impl Predict for FakePool {
         self.calls.lock().unwrap().push((endpoint.to_string(), texts.to_vec()));
         let mut open = self.open.clone();
         let _ = open.wait_for(|o| *o).await;
+        let life = {
+            let mut servers = self.servers.lock().unwrap();
+            let s = servers.entry(endpoint.to_string()).or_insert(Server { died: 0, back: now(), serving: 0 });
+            if now() < s.back {
+                return Err(PredictError::Unreachable("connection refused".into()));
+            }
+            if texts.iter().any(|t| t.contains("CRASH")) {
+                // The server dies on this text: the request was sent, the answer never
+                // comes, nor do those of the other requests it was serving.
+                if texts.len() == 1 && s.serving == 0 {
+                    self.lone_crashes.fetch_add(1, Ordering::Relaxed);
+                }
+                (s.died, s.back) = (s.died + 1, now() + self.restart);
+                return Err(PredictError::Lost("connection reset by peer".into()));
+            }
+            s.serving += 1;
+            s.died
+        };
         tokio::time::sleep(self.delay).await;
+        let survived = {
+            let mut servers = self.servers.lock().unwrap();
+            let s = servers.get_mut(endpoint).expect("entered above");
+            s.serving -= 1;
+            s.died == life
+        };
+        if !survived {
+            return Err(PredictError::Lost("connection reset by peer".into()));
+        }
         if self.dead.lock().unwrap().contains(endpoint) {
             return Err(PredictError::Unreachable("connection refused".into()));
         }
@@ -65,10 +111,6 @@ impl Predict for FakePool {
         }
         if self.failing_first.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
             return Err(PredictError::Transient { status: 503, message: "not ready".into(), retry_after: None });
-        }
-        if texts.iter().any(|t| t.contains("CRASH")) {
-            // The server dies on this text: the request was sent, the answer never comes.
-            return Err(PredictError::Lost("connection reset by peer".into()));
         }
         if texts.iter().any(|t| t.contains("POISON")) {
             return Err(PredictError::Rejected { status: 422, message: "injected failure".into(), field: None });
@@ -271,10 +313,11 @@ async fn every_index_is_committed_once_and_duplicates_are_asked_once() {
 }
 
 /// A text the endpoint refuses (an error answer), a text that kills the server it is
-/// sent to (the answer is lost) and a text the server always fails on with a 500 (once
-/// its transient budget is spent) all cost attempts: each is isolated by halving and
-/// dead-lettered after `max_retries`, and every other text succeeds, rather than the
-/// batch retrying it on every endpoint until its deadline.
+/// sent to (the answer is lost; it pays only when it was alone there) and a text the
+/// server always fails on with a 500 (once its transient budget is spent) all cost
+/// attempts: each is isolated by halving and dead-lettered after `max_retries`, and every
+/// other text succeeds, rather than the batch retrying it on every endpoint until its
+/// deadline.
 #[tokio::test(start_paused = true)]
 async fn a_failing_or_crashing_text_is_isolated_by_halving_and_dead_lettered() {
     // (marker, texts, where, error, answers the text alone gets per attempt)
@@ -295,9 +338,44 @@ async fn a_failing_or_crashing_text_is_isolated_by_halving_and_dead_lettered() {
         exactly_once(&sink, n);
         let failed = sink.failed();
         assert!(failed.len() == 1 && failed[0].0 == at && failed[0].1.contains(error), "{marker}: {failed:?}");
-        let alone = pool.calls().iter().filter(|(_, t)| t.len() == 1 && t[0].contains(marker)).count();
+        let alone = match marker {
+            // The crashes it caused on its own: its calls with others in flight were free.
+            "CRASH" => pool.lone_crashes.load(Ordering::Relaxed),
+            _ => pool.calls().iter().filter(|(_, t)| t.len() == 1 && t[0].contains(marker)).count(),
+        };
         assert_eq!(alone, 3 * per_attempt, "{marker}: the text alone is tried max_retries times");
         h.shut_down().await;
+    }
+}
+
+/// A text that kills its server takes every chunk in flight there with it. Those texts
+/// are not at fault: wherever the text sits, however many chunks an endpoint takes and
+/// however long a server takes to come back (Kubernetes restarts a crashing container
+/// after 10 s, then 20 s, ...), only it is dead-lettered.
+#[tokio::test(start_paused = true)]
+async fn a_crash_fails_only_the_text_that_causes_it() {
+    let endpoints: Vec<String> = (0..8).map(|i| format!("http://{i}")).collect();
+    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    for (workers, pods, restart) in [(1, 2, 2), (2, 2, 2), (4, 2, 2), (2, 4, 2), (2, 2, 12), (4, 4, 20), (2, 8, 2)] {
+        for at in [0, 1, 99, 100, 1234, 1235, 1999] {
+            let (mut pool, _gate) = FakePool::new();
+            Arc::get_mut(&mut pool).expect("not shared yet").restart = Duration::from_secs(restart);
+            let cfg = AsyncBatch { workers, max_batch_size: 100, max_retries: 2, ..cfg() };
+            let h = harness(cfg, pool.clone(), &endpoints[..pods]);
+            let sink = Arc::new(FakeSink::default());
+            let mut texts = distinct(2000);
+            texts[at] = "CRASH pill".into();
+            h.start("job", items(texts), sink.clone(), Duration::from_secs(600)).await;
+            let p = h.settle("job").await;
+            assert!(
+                p.done && p.tally.ok == 1999 && p.tally.failed == 1,
+                "workers {workers}, {pods} endpoints, restart {restart} s, at {at}: {p:?} {:?}",
+                sink.failed()
+            );
+            exactly_once(&sink, 2000);
+            assert_eq!(sink.failed()[0].0, at);
+            h.shut_down().await;
+        }
     }
 }
 
