@@ -119,6 +119,7 @@ impl Path {
         {
             let has = |features: &[bool]| features.iter().all(|f| *f);
             if has(&[
+                is_x86_feature_detected!("avx2"),
                 is_x86_feature_detected!("avx512f"),
                 is_x86_feature_detected!("avx512bw"),
                 is_x86_feature_detected!("avx512vl"),
@@ -197,7 +198,8 @@ unsafe fn item(path: Path, x: &[f32], w: &Weights, panels: std::ops::Range<usize
     let mut u = vec![0u8; rows * k];
     let mut quant = [(0f32, 0f32); ITEM_ROWS];
     for ((x, u), quant) in x.chunks_exact(k).zip(u.chunks_exact_mut(k)).zip(&mut quant) {
-        *quant = quantize_row(x, path.top(), u);
+        // SAFETY: this CPU runs `path` (the caller's promise).
+        *quant = unsafe { quantize_row(path, x, u) };
     }
     let (tile_rows, tile_panels) = path.tile();
     let mut p = panels.start;
@@ -227,15 +229,19 @@ unsafe fn item(path: Path, x: &[f32], w: &Weights, panels: std::ops::Range<usize
     }
 }
 
-/// Quantizes a row to `0..=top` with its own scale and zero point, into `u`; returns
-/// `(scale, zero point)`. The range always holds 0, so zero padding stays exact.
-pub fn quantize_row(x: &[f32], top: f32, u: &mut [u8]) -> (f32, f32) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { quantize_row_avx2(x, top, u) };
+/// Quantizes a row for `path` (to `0..=path.top()`) with its own scale and zero point,
+/// into `u`; returns `(scale, zero point)`. The range always holds 0, so zero padding
+/// stays exact.
+///
+/// # Safety
+/// This CPU must run `path` (one of [`Path::available`]).
+unsafe fn quantize_row(path: Path, x: &[f32], u: &mut [u8]) -> (f32, f32) {
+    match path {
+        // SAFETY: both paths imply AVX2 and FMA (`Path::detect`).
+        #[cfg(target_arch = "x86_64")]
+        Path::Vnni | Path::Avx2 => unsafe { quantize_row_avx2(x, path.top(), u) },
+        _ => quantize_row_plain(x, path.top(), u),
     }
-    quantize_row_plain(x, top, u)
 }
 
 /// The scale, zero point and inverse scale for values in `lo..=hi` (with `lo <= 0 <= hi`).
@@ -492,7 +498,8 @@ mod tests {
                 let got = run(path, &x, &p, n);
                 for r in 0..rows {
                     let mut u = vec![0u8; k];
-                    let (s, z) = quantize_row(&x[r * k..][..k], path.top(), &mut u);
+                    // SAFETY: an available path.
+                    let (s, z) = unsafe { quantize_row(path, &x[r * k..][..k], &mut u) };
                     for c in 0..n {
                         let q = |i: usize| (w[i * n + c] / p.scale[c]).round().clamp(-127.0, 127.0) as f64;
                         let want: f64 = (0..k).map(|i| s as f64 * (u[i] as f64 - z as f64) * p.scale[c] as f64 * q(i)).sum();
@@ -513,7 +520,7 @@ mod tests {
         let x = [-1.0f32, 0.0, 0.5, 3.0, 2.0, -0.25, 0.0, 1.0, 1.5, -0.75, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2, 2.9];
         for top in [127.0, 255.0] {
             let mut u = [0u8; 18];
-            let (s, z) = quantize_row(&x, top, &mut u);
+            let (s, z) = quantize_row_plain(&x, top, &mut u);
             assert!((s - 4.0 / top).abs() < 1e-6, "{s}");
             assert_eq!(u[0], 0);
             assert_eq!(u[3] as f32, top);
@@ -523,17 +530,22 @@ mod tests {
             }
         }
         let mut u = [9u8; 4];
-        assert_eq!(quantize_row(&[0.0; 4], 255.0, &mut u), (1.0, 0.0));
+        assert_eq!(quantize_row_plain(&[0.0; 4], 255.0, &mut u), (1.0, 0.0));
         assert_eq!(u, [0; 4]);
     }
 
+    /// Each path's quantizer (the AVX2 one for VNNI and AVX2) is the plain one.
     #[test]
     fn the_vector_quantizer_is_the_plain_one() {
-        for len in [1, 7, 8, 31, 32, 33, 64, 100, 384] {
-            let x = values(len, len);
-            let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
-            assert_eq!(quantize_row(&x, 255.0, &mut a), quantize_row_plain(&x, 255.0, &mut b), "{len}");
-            assert_eq!(a, b, "{len}");
+        for path in Path::available() {
+            for len in [1, 7, 8, 31, 32, 33, 64, 100, 384] {
+                let x = values(len, len);
+                let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+                // SAFETY: an available path.
+                let got = unsafe { quantize_row(path, &x, &mut a) };
+                assert_eq!(got, quantize_row_plain(&x, path.top(), &mut b), "{path:?} {len}");
+                assert_eq!(a, b, "{path:?} {len}");
+            }
         }
     }
 
@@ -571,7 +583,8 @@ mod tests {
             let mut u = vec![0u8; k];
             let ms = super::super::timing::best(|| {
                 for x in x.chunks_exact(k) {
-                    quantize_row(x, 255.0, &mut u);
+                    // SAFETY: the path this CPU has.
+                    unsafe { quantize_row(Path::detect(), x, &mut u) };
                 }
             });
             eprintln!("{name:>6} quantizing 512 x {k}: {ms:.3} ms");
