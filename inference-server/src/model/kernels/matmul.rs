@@ -59,7 +59,7 @@ impl Operator for QuantizedMatMul {
     }
 
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let path = Path::detect();
+        let path = Path::chosen();
         Ok(Box::new(move |ctx: &ComputeContext| {
             let input = |i: usize| input(ctx, "QuantizedMatMul", i);
             let (x, weight, scale, offset) = (input(0)?, input(1)?, input(2)?, input(3)?);
@@ -105,6 +105,13 @@ impl<'a> Weights<'a> {
 
 const PANEL_I64: i64 = PANEL as i64;
 
+impl Weights<'_> {
+    /// `q[i, c]`, from its packed place.
+    fn at(&self, i: usize, c: usize) -> i8 {
+        self.q[((c / PANEL * (self.k / 4) + i / 4) * PANEL + c % PANEL) * 4 + i % 4]
+    }
+}
+
 /// How the integer sums are taken, by what the CPU has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
@@ -141,6 +148,35 @@ impl Path {
         [Path::Vnni, Path::Avx2, Path::Portable].into_iter().skip_while(move |p| *p != best)
     }
 
+    /// The path the operator takes: the fastest this CPU runs whose product of a known
+    /// pair of operands is right ([`Path::verified`]), found once a process. A path that
+    /// goes wrong on some CPU then costs speed, never scores: the VNNI path has passed
+    /// its tests only where a CPU of ours had VNNI.
+    pub fn chosen() -> Self {
+        static CHOSEN: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| first_verified(Path::available(), Path::verified))
+    }
+
+    /// Whether this path multiplies a known pair of operands (remainders in its tiles'
+    /// rows and panels, columns split across items) to the exact product of their
+    /// quantized values. The CPU must run it.
+    fn verified(self) -> bool {
+        let (rows, k, n) = (11, 64, 80);
+        let x = values(rows * k, 1);
+        let q: Vec<i8> = (0..k * n).map(|i| ((i * 31 % 255) as i32 - 127) as i8).collect();
+        let scale: Vec<f32> = (0..n).map(|c| 0.01 + c as f32 / 1000.0).collect();
+        let shape = [(n / PANEL) as i64, (k / 4) as i64, PANEL_I64, 4];
+        let unchecked = Weights { q: &q, scale: &scale, offset: &[], k, n };
+        let offset: Vec<f32> = (0..n).map(|c| scale[c] * (0..k).map(|i| unchecked.at(i, c) as f32).sum::<f32>()).collect();
+        let w = Weights::new(&shape, &q, &scale, &offset).expect("a packed weight");
+        let mut got = vec![f32::NAN; rows * n];
+        let sequential = |items, work: &(dyn Fn(usize) + Sync)| {
+            (0..items).for_each(work);
+            Ok(())
+        };
+        multiply(self, &x, &w, &mut got, sequential).is_ok() && same(&got, &exact(self, &x, &w))
+    }
+
     /// The largest quantized activation: `vpmaddubsw` must not saturate.
     fn top(self) -> f32 {
         if self == Path::Avx2 { 127.0 } else { 255.0 }
@@ -154,6 +190,44 @@ impl Path {
             Path::Portable => (4, 1),
         }
     }
+}
+
+/// The first of `paths` that is `verified`, else the plain one.
+fn first_verified(paths: impl Iterator<Item = Path>, verified: impl Fn(Path) -> bool) -> Path {
+    for path in paths {
+        if verified(path) {
+            return path;
+        }
+        tracing::error!(?path, "int8 products on this path are wrong on this CPU; taking the next path");
+    }
+    Path::Portable
+}
+
+/// The product of `x`'s rows quantized for `path` and `w`, summed one term at a time: what
+/// every path must give.
+fn exact(path: Path, x: &[f32], w: &Weights) -> Vec<f32> {
+    let mut u = vec![0u8; w.k];
+    let mut out = Vec::with_capacity(x.len() / w.k * w.n);
+    for x in x.chunks_exact(w.k) {
+        let (s, z) = quantize_row_plain(x, path.top(), &mut u);
+        for c in 0..w.n {
+            let sum: i64 = (0..w.k).map(|i| u[i] as i64 * w.at(i, c) as i64).sum();
+            out.push(s * (sum as f32 * w.scale[c] - z * w.offset[c]));
+        }
+    }
+    out
+}
+
+/// `len` values in ±1, every 97th six times larger (an outlier per row or so), from `seed`.
+fn values(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i + seed) * 7919 % 2003) as f32 / 1001.5 - 1.0) * if (i * 31 + seed).is_multiple_of(97) { 6.0 } else { 1.0 })
+        .collect()
+}
+
+/// Whether two products agree up to f32 rounding of their final scaling.
+fn same(got: &[f32], want: &[f32]) -> bool {
+    got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs()))
 }
 
 /// `out = x · W` for `x` of `[rows, k]`; `run(items, work)` runs `work` for `0..items`
@@ -469,12 +543,6 @@ mod tests {
         Packed { shape: [(n / 16) as i64, (k / 4) as i64, 16, 4], q: packed, scale, offset }
     }
 
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i + seed) * 7919 % 2003) as f32 / 1001.5 - 1.0) * if (i * 31 + seed).is_multiple_of(97) { 6.0 } else { 1.0 })
-            .collect()
-    }
-
     fn run(path: Path, x: &[f32], p: &Packed, n: usize) -> Vec<f32> {
         let w = Weights::new(&p.shape, &p.q, &p.scale, &p.offset).unwrap();
         let mut out = vec![f32::NAN; x.len() / w.k * n];
@@ -494,25 +562,31 @@ mod tests {
         for (rows, k, n) in [(37, 64, 80), (3, 384, 48), (16, 36, 16), (1, 8, 112)] {
             let (x, w) = (values(rows * k, 1), values(k * n, 2));
             let p = pack(&w, k, n);
+            let weights = Weights::new(&p.shape, &p.q, &p.scale, &p.offset).unwrap();
             for path in Path::available() {
                 let got = run(path, &x, &p, n);
-                for r in 0..rows {
-                    let mut u = vec![0u8; k];
-                    // SAFETY: an available path.
-                    let (s, z) = unsafe { quantize_row(path, &x[r * k..][..k], &mut u) };
-                    for c in 0..n {
-                        let q = |i: usize| (w[i * n + c] / p.scale[c]).round().clamp(-127.0, 127.0) as f64;
-                        let want: f64 = (0..k).map(|i| s as f64 * (u[i] as f64 - z as f64) * p.scale[c] as f64 * q(i)).sum();
-                        let exact: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[i * n + c] as f64).sum();
-                        let got = got[r * n + c] as f64;
-                        assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{path:?} {rows}x{k}x{n} [{r},{c}]: {got} != {want}");
-                        // and the quantized product is near the real one
-                        let size: f64 = (0..k).map(|i| (x[r * k + i] as f64 * w[i * n + c] as f64).abs()).sum();
-                        assert!((got - exact).abs() <= 0.05 * size + 1e-3, "{path:?} [{r},{c}]: {got} far from {exact}");
-                    }
+                assert!(same(&got, &exact(path, &x, &weights)), "{path:?} {rows}x{k}x{n}");
+                // and the quantized product is near the real one
+                for (r, c) in (0..rows).flat_map(|r| (0..n).map(move |c| (r, c))) {
+                    let real: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[i * n + c] as f64).sum();
+                    let size: f64 = (0..k).map(|i| (x[r * k + i] as f64 * w[i * n + c] as f64).abs()).sum();
+                    let got = got[r * n + c] as f64;
+                    assert!((got - real).abs() <= 0.05 * size + 1e-3, "{path:?} [{r},{c}]: {got} far from {real}");
                 }
             }
         }
+    }
+
+    /// The operator takes the fastest path that multiplies right; one that does not gives
+    /// way to the next.
+    #[test]
+    fn the_operator_takes_the_fastest_path_that_multiplies_right() {
+        assert!(Path::available().all(Path::verified));
+        assert_eq!(Path::chosen(), Path::detect());
+        let all = || [Path::Vnni, Path::Avx2, Path::Portable].into_iter();
+        assert_eq!(first_verified(all(), |p| p != Path::Vnni), Path::Avx2);
+        assert_eq!(first_verified(all(), |_| false), Path::Portable);
+        assert!(!same(&[1.0, 2.0], &[1.0, 2.01]) && !same(&[1.0], &[1.0, 2.0]), "a product off by 0.5% is wrong");
     }
 
     #[test]
