@@ -156,11 +156,16 @@ fn predict_all(dir: &std::path::Path, texts: &[String]) -> Vec<inference_server:
     load(dir).classifier().unwrap().predict(&texts, PassLimits::default()).unwrap()
 }
 
-/// Share of equal labels, and the largest difference of any score.
-fn agreement(a: &[inference_server::model::Prediction], b: &[inference_server::model::Prediction]) -> (f64, f32) {
-    let same = a.iter().zip(b).filter(|(a, b)| a.label == b.label).count() as f64 / a.len() as f64;
+/// Share of equal labels, share of equal POSITIVE-vs-NEGATIVE decisions (the larger of
+/// those two scores, labels in `NEGATIVE, NEUTRAL, POSITIVE` order), and the largest
+/// difference of any score.
+fn agreement(a: &[inference_server::model::Prediction], b: &[inference_server::model::Prediction]) -> (f64, f64, f32) {
+    let share = |n: usize| n as f64 / a.len() as f64;
+    let same = share(a.iter().zip(b).filter(|(a, b)| a.label == b.label).count());
+    let positive = |p: &inference_server::model::Prediction| p.scores[2] > p.scores[0];
+    let decided = share(a.iter().zip(b).filter(|(a, b)| positive(a) == positive(b)).count());
     let worst = a.iter().zip(b).flat_map(|(a, b)| a.scores.iter().zip(&b.scores).map(|(x, y)| (x - y).abs())).fold(0f32, f32::max);
-    (same, worst)
+    (same, decided, worst)
 }
 
 #[test]
@@ -170,8 +175,11 @@ fn the_int8_encoder_stays_within_its_tolerance_of_the_fp32_model() {
     let texts = uci_texts();
     assert_eq!(texts.len(), 3000);
     let exact = predict_all(&common::assets().join("models/reference/minilm-fp32"), &texts);
-    let (agree, worst) = agreement(&predict_all(&builtin_dir(), &texts), &exact);
-    eprintln!("labels equal to fp32's: {agree:.4}; largest score difference {worst:.3}");
+    let (agree, decided, worst) = agreement(&predict_all(&builtin_dir(), &texts), &exact);
+    eprintln!("labels equal to fp32's: {agree:.4}; decisions {decided:.4}; largest score difference {worst:.3}");
     assert!(agree >= 0.975, "labels agree with the fp32 model on {agree:.4} of the UCI sentences");
+    // 0.9953 measured (the 99.5%); held at 0.99, as the fine-tuned weights may
+    // differ a little when setup.sh rebuilds them on another CPU.
+    assert!(decided >= 0.99, "POSITIVE-vs-NEGATIVE decisions agree with the fp32 model on {decided:.4}");
     assert!(worst <= 0.20, "a score moved by {worst:.3} from the fp32 model's");
 }
