@@ -124,6 +124,8 @@ impl InputUrl {
     /// such a name, so it is refused as absent.
     pub fn parse(url: &str) -> Result<InputUrl, String> {
         let bad = |why: &str| Err(format!("{why}: expected configmap://NAMESPACE/NAME/KEY or s3://BUCKET/KEY"));
+        // A namespace, name or bucket starts and ends with a lowercase letter or a digit.
+        let edge = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if url.len() > 2048 {
             return bad("longer than 2,048 bytes");
         }
@@ -131,7 +133,6 @@ impl InputUrl {
             let mut at = rest.splitn(3, '/');
             let (Some(namespace), Some(name), Some(key)) = (at.next(), at.next(), at.next()) else { return bad("too few parts") };
             let key_ok = !key.is_empty() && key.len() <= 253 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-            let edge = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
             let name_ok = |name: &str, longest: usize, dots: bool| {
                 (1..=longest).contains(&name.len())
                     && edge(name.bytes().next())
@@ -148,7 +149,6 @@ impl InputUrl {
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let Some((bucket, key)) = rest.split_once('/') else { return bad("no key") };
-            let edge = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
             let bucket_ok = (3..=63).contains(&bucket.len())
                 && edge(bucket.bytes().next())
                 && edge(bucket.bytes().last())

@@ -101,16 +101,14 @@ impl<'a> Weights<'a> {
         }
         Ok(Self { q, scale, offset, k, n })
     }
-}
 
-const PANEL_I64: i64 = PANEL as i64;
-
-impl Weights<'_> {
     /// `q[i, c]`, from its packed place.
     fn at(&self, i: usize, c: usize) -> i8 {
         self.q[((c / PANEL * (self.k / 4) + i / 4) * PANEL + c % PANEL) * 4 + i % 4]
     }
 }
+
+const PANEL_I64: i64 = PANEL as i64;
 
 /// How the integer sums are taken, by what the CPU has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
